@@ -1,0 +1,208 @@
+"""The ports the engine depends on. ``storage/``, ``bot/llm.py``, ``bot/ratelimit.py``,
+``bot/queue.py`` and ``adapters/`` implement them; only the app factory picks which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.messages import (
+    ChatTurn,
+    Completion,
+    InboundMessage,
+    MessageStatus,
+    Reply,
+    StoredMessage,
+    Usage,
+)
+
+DeltaCallback = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewReply:
+    """A reply to store; the store links it to its inbound message and closes the turn."""
+
+    text: str
+    status: MessageStatus
+    model: str | None = None
+    usage: Usage = Usage()
+    latency_ms: float | None = None
+
+
+class ConversationStore(Protocol):
+    """Durable users, conversations, messages and inbound events."""
+
+    async def store_inbound(
+        self, message: InboundMessage, status: MessageStatus, *, dedup_seconds: float
+    ) -> StoredMessage:
+        """Store the user, the conversation and the message in one transaction.
+
+        When ``message.event_id`` was stored for the platform within ``dedup_seconds``,
+        nothing is written and :class:`bot.errors.DuplicateEvent` is raised.
+        """
+        ...
+
+    async def get_message(self, message_id: int) -> StoredMessage | None:
+        """The inbound message with that id, or ``None``."""
+        ...
+
+    async def history(self, message: StoredMessage, limit: int) -> list[ChatTurn]:
+        """Up to ``limit`` newest answered turns of the message's conversation before it.
+
+        Only turns since the last reset count; commands, failed and refused turns are left
+        out. Oldest first.
+        """
+        ...
+
+    async def save_reply(self, inbound: StoredMessage, reply: NewReply) -> Reply:
+        """Store the reply and set the inbound message's status to ``reply.status``."""
+        ...
+
+    async def reply_for(self, inbound_id: int) -> Reply | None:
+        """The stored reply to an inbound message, if the turn is closed."""
+        ...
+
+    async def mark_delivered(self, reply_id: int) -> None:
+        """Record that the platform has the reply, so a redelivered job won't send it again."""
+        ...
+
+    async def reset_context(self, conversation_id: int) -> None:
+        """Start a fresh context: earlier messages stay stored but leave the prompt."""
+        ...
+
+    async def unfinished(self, limit: int) -> list[StoredMessage]:
+        """Messages accepted but not yet closed (or closed but not delivered), oldest first."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise when the database cannot be reached."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """The rate limiter's verdict on one message.
+
+    ``notify`` is true for the first refusal in a window only, so the user is told once.
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    notify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """How much of one rate-limit window a user has left."""
+
+    limit: int
+    period: str
+    remaining: int
+    reset_in: float
+
+
+class RateLimiter(Protocol):
+    """Per-user message limits over the ``RATE_LIMIT`` windows."""
+
+    async def hit(self, key: str) -> RateDecision:
+        """Count one message for ``key`` and say whether it may go on."""
+        ...
+
+    async def usage(self, key: str) -> list[WindowUsage]:
+        """The user's remaining quota in each window, without counting a message."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise when the limiter's storage cannot be reached."""
+        ...
+
+
+class Responder(Protocol):
+    """An OpenAI-compatible model (or the offline echo model)."""
+
+    @property
+    def model(self) -> str:
+        """The model's name as reported in results."""
+        ...
+
+    async def complete(
+        self, prompt: Sequence[ChatTurn], on_delta: DeltaCallback | None = None
+    ) -> Completion:
+        """Answer the prompt, calling ``on_delta`` with each piece of text as it arrives.
+
+        Raises:
+            bot.errors.ModelUnavailable: after every attempt failed, or while the circuit
+                breaker is open.
+        """
+        ...
+
+    def status(self) -> str:
+        """A one-word state for ``/ready``: ``ok``, ``echo`` or ``circuit_open``."""
+        ...
+
+
+class ReplyStream(Protocol):
+    """One reply on its way out: text as it is generated, then the stored reply."""
+
+    async def delta(self, text: str) -> None:
+        """Pass on a piece of the reply as the model generates it."""
+        ...
+
+    async def finish(self, reply: Reply) -> None:
+        """Deliver the stored reply; raise if the platform did not take it."""
+        ...
+
+
+class Sender(Protocol):
+    """The outbound half of an adapter: how replies reach the platform."""
+
+    def reply_stream(self, message: StoredMessage) -> AbstractAsyncContextManager[ReplyStream]:
+        """Open a stream for the reply to ``message``.
+
+        The context shows the platform's "working" state (Telegram's *typing…*) while
+        open; leaving it without ``finish`` delivers nothing.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A stored inbound message waiting for its reply."""
+
+    message_id: int
+    conversation_id: int
+    request_id: str | None = None
+    attempt: int = 1
+
+
+class Queue(Protocol):
+    """At-least-once delivery of jobs, one conversation at a time, in arrival order.
+
+    A job handed out by :meth:`get` stays owned until :meth:`ack` (done, after its reply is
+    stored and delivered) or :meth:`retry` (hand it back); no other job of the same
+    conversation is handed out meanwhile.
+    """
+
+    async def put(self, job: Job) -> None:
+        """Enqueue a job."""
+        ...
+
+    async def get(self) -> Job:
+        """Wait for the next job whose conversation has no job in flight."""
+        ...
+
+    async def ack(self, job: Job) -> None:
+        """The job is done; release its conversation."""
+        ...
+
+    async def retry(self, job: Job, delay: float) -> None:
+        """Hand the job back to run again after ``delay`` seconds, ahead of its successors."""
+        ...
+
+    async def depth(self) -> int:
+        """Jobs waiting or in flight."""
+        ...
