@@ -37,7 +37,7 @@ class MessageStatus(StrEnum):
 
 
 class Command(StrEnum):
-    """Conversation commands every adapter offers (``/start``, ``/help``, ``/reset``, ``/usage``)."""
+    """Conversation commands every adapter offers: ``/start``, ``/help``, ``/reset``, ``/usage``."""
 
     START = "start"
     HELP = "help"

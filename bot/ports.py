@@ -1,12 +1,14 @@
-"""The ports the engine depends on. ``storage/``, ``bot/llm.py``, ``bot/ratelimit.py``,
-``bot/queue.py`` and ``adapters/`` implement them; only the app factory picks which.
+"""The ports the engine depends on.
+
+``storage/``, ``bot/llm.py``, ``bot/ratelimit.py``, ``bot/queue.py`` and ``adapters/``
+implement them; only the runtime factory picks which.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from bot.messages import (
@@ -29,12 +31,16 @@ class NewReply:
     text: str
     status: MessageStatus
     model: str | None = None
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
     latency_ms: float | None = None
 
 
 class ConversationStore(Protocol):
     """Durable users, conversations, messages and inbound events."""
+
+    async def find_event(self, platform: str, event_id: str, within_seconds: float) -> int | None:
+        """The id of the message first delivered with this event id, if that was recent."""
+        ...
 
     async def store_inbound(
         self, message: InboundMessage, status: MessageStatus, *, dedup_seconds: float
@@ -51,10 +57,10 @@ class ConversationStore(Protocol):
         ...
 
     async def history(self, message: StoredMessage, limit: int) -> list[ChatTurn]:
-        """Up to ``limit`` newest answered turns of the message's conversation before it.
+        """The newest answered turns of the message's conversation before it, oldest first.
 
-        Only turns since the last reset count; commands, failed and refused turns are left
-        out. Oldest first.
+        Each turn is a question and its answer, ``limit`` messages at most. Only turns since
+        the last reset count; commands, failed and refused turns are left out.
         """
         ...
 
@@ -70,8 +76,12 @@ class ConversationStore(Protocol):
         """Record that the platform has the reply, so a redelivered job won't send it again."""
         ...
 
-    async def reset_context(self, conversation_id: int) -> None:
-        """Start a fresh context: earlier messages stay stored but leave the prompt."""
+    async def reset_context(self, command: StoredMessage) -> None:
+        """Start a fresh context after the ``/reset`` message ``command``.
+
+        Earlier messages stay stored but leave the prompt; messages that arrived after the
+        command belong to the new context.
+        """
         ...
 
     async def unfinished(self, limit: int) -> list[StoredMessage]:

@@ -1,0 +1,274 @@
+"""The generic HTTP channel (SPEC §4.3): ``POST /webhooks/generic``.
+
+Callers authenticate with a Standard Webhooks signature or a bearer token, post a message,
+and get the reply in the response, as server-sent events, or later at their callback URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from adapters.callbacks import CallbackPoster, CallbackRefused, check_callback_url
+from bot.engine import Acceptance, Engine, Outcome
+from bot.errors import DependencyUnavailable
+from bot.http import REQUEST_ID, error_response, json_response
+from bot.messages import InboundMessage, MessageStatus, Reply, StoredMessage, parse_command
+from bot.ports import ReplyStream
+from config import Settings
+
+logger = structlog.get_logger(__name__)
+
+PLATFORM = "webhook"
+
+
+class GenericRequest(BaseModel):
+    """The request body of the generic channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conversation_id: str = Field(min_length=1, max_length=200)
+    user_id: str = Field(min_length=1, max_length=200)
+    user_name: str | None = Field(default=None, max_length=200)
+    text: str = Field(min_length=1, max_length=32_000)
+    callback_url: str | None = Field(default=None, max_length=2048)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """What a waiting HTTP request hears about its turn: a delta, or the finished reply."""
+
+    delta: str | None = None
+    reply: Reply | None = None
+
+
+class _Listeners:
+    """HTTP requests waiting on the replies to their messages, in this process."""
+
+    def __init__(self) -> None:
+        self._queues: defaultdict[int, list[asyncio.Queue[_Event]]] = defaultdict(list)
+
+    @asynccontextmanager
+    async def listen(self, message_id: int) -> AsyncIterator[asyncio.Queue[_Event]]:
+        queue: asyncio.Queue[_Event] = asyncio.Queue()
+        self._queues[message_id].append(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._queues[message_id]
+            queues.remove(queue)
+            if not queues:
+                del self._queues[message_id]
+
+    def publish(self, message_id: int, event: _Event) -> None:
+        for queue in self._queues.get(message_id, ()):
+            queue.put_nowait(event)
+
+
+class _Stream:
+    def __init__(self, sender: WebhookSender, message: StoredMessage) -> None:
+        self._sender = sender
+        self._message = message
+
+    async def delta(self, text: str) -> None:
+        self._sender.listeners.publish(self._message.id, _Event(delta=text))
+
+    async def finish(self, reply: Reply) -> None:
+        callback = self._message.route.get("callback_url")
+        if callback and reply.status is not MessageStatus.RATE_LIMITED:
+            await self._sender.poster.post(
+                str(callback), f"msg_{self._message.id}", reply.as_result()
+            )
+        self._sender.listeners.publish(self._message.id, _Event(reply=reply))
+
+
+class WebhookSender:
+    """Delivers generic-channel replies: to waiting requests and to callback URLs."""
+
+    def __init__(self, poster: CallbackPoster) -> None:
+        self.poster = poster
+        self.listeners = _Listeners()
+
+    @asynccontextmanager
+    async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
+        """A stream that feeds waiting requests and finishes with the callback, if any."""
+        yield _Stream(self, message)
+
+
+class WebhookAdapter:
+    """Verifies, parses and answers generic webhook requests."""
+
+    platform = PLATFORM
+    path = "/webhooks/generic"
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._engine = engine
+        self._token = (
+            settings.webhook_token.get_secret_value().encode() if settings.webhook_token else None
+        )
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        self._verifier = Webhook(secret) if secret else None
+        self._allow_private = settings.callback_allow_private
+        self._max_body = settings.max_body_bytes
+        # The web process waits this long for a reply: every model attempt, plus slack.
+        self._wait_seconds = settings.llm_timeout_seconds * settings.llm_max_attempts + 30
+        self.sender = WebhookSender(
+            CallbackPoster(secret=secret, allow_private=settings.callback_allow_private)
+        )
+        engine.register_sender(PLATFORM, self.sender)
+
+    async def start(self) -> None:
+        """Nothing to learn from a platform."""
+
+    async def aclose(self) -> None:
+        """Close the callback client."""
+        await self.sender.poster.aclose()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Authenticate, validate, accept, then answer as the caller asked."""
+        if request.content_length is not None and request.content_length > self._max_body:
+            return error_response(413, "payload_too_large", "the body exceeds MAX_BODY_BYTES")
+        body = await request.read()
+        event_id = self._authenticate(request, body)
+        if event_id is False:
+            return error_response(401, "unauthorized", "missing or invalid webhook authentication")
+        try:
+            payload = GenericRequest.model_validate_json(body)
+        except ValidationError as exc:
+            return _validation_error(exc)
+        if payload.callback_url is not None:
+            try:
+                await check_callback_url(payload.callback_url, allow_private=self._allow_private)
+            except CallbackRefused as exc:
+                return error_response(400, "invalid_request", str(exc), field="callback_url")
+        inbound = InboundMessage(
+            platform=PLATFORM,
+            conversation_key=payload.conversation_id,
+            user_id=payload.user_id,
+            text=payload.text,
+            event_id=event_id or request.headers.get("Idempotency-Key") or None,
+            user_name=payload.user_name,
+            command=parse_command(payload.text),
+            route={"callback_url": payload.callback_url} if payload.callback_url else {},
+            raw=payload.metadata,
+            request_id=request.get(REQUEST_ID),
+        )
+        try:
+            accepted = await self._engine.accept(inbound)
+        except DependencyUnavailable as exc:
+            logger.warning("webhook_unavailable", error=str(exc))
+            return error_response(503, "unavailable", str(exc), retry_after=5)
+        if accepted.outcome is Outcome.DUPLICATE:
+            first = await self._engine.message(accepted.message_id)
+            if first is not None and first.status is MessageStatus.RATE_LIMITED:
+                accepted = Acceptance(Outcome.RATE_LIMITED, first.id, retry_after=60)
+        if accepted.outcome is Outcome.RATE_LIMITED:
+            return error_response(
+                429,
+                "rate_limited",
+                "too many messages from this user; try again later",
+                retry_after=accepted.retry_after,
+            )
+        if payload.callback_url is not None:
+            return json_response({"message_id": accepted.message_id, "status": "queued"}, 202)
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            return await self._stream(request, accepted.message_id)
+        return await self._wait(accepted.message_id)
+
+    def _authenticate(self, request: web.Request, body: bytes) -> str | bool | None:
+        """The verified ``webhook-id`` (or ``None`` for a bearer token), ``False`` if refused."""
+        authorization = request.headers.get("Authorization", "")
+        if self._token is not None and authorization[:7].lower() == "bearer ":
+            given = authorization[7:].strip().encode()
+            return None if hmac.compare_digest(given, self._token) else False
+        if self._verifier is not None and "webhook-signature" in request.headers:
+            try:
+                self._verifier.verify(body, dict(request.headers), json_parse=False)
+            except (WebhookVerificationError, ValueError):
+                return False
+            return request.headers["webhook-id"]
+        return False
+
+    async def _wait(self, message_id: int) -> web.Response:
+        async with self.sender.listeners.listen(message_id) as events:
+            reply = await self._engine.result(message_id)
+            try:
+                async with asyncio.timeout(self._wait_seconds):
+                    while reply is None:
+                        reply = (await events.get()).reply
+            except TimeoutError:
+                return error_response(
+                    503,
+                    "timeout",
+                    "the reply is taking too long; it is still on its way",
+                    retry_after=30,
+                    message_id=message_id,
+                )
+        return _result_response(reply)
+
+    async def _stream(self, request: web.Request, message_id: int) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        async with self.sender.listeners.listen(message_id) as events:
+            await response.prepare(request)
+            reply = await self._engine.result(message_id)
+            try:
+                async with asyncio.timeout(self._wait_seconds):
+                    while reply is None:
+                        event = await events.get()
+                        if event.delta is not None:
+                            await response.write(_sse("delta", {"text": event.delta}))
+                        reply = event.reply
+            except TimeoutError:
+                await response.write(_sse("error", {"error": "timeout", "message_id": message_id}))
+                return response
+        name = "done" if reply.status is MessageStatus.ANSWERED else "error"
+        await response.write(_sse(name, _result_body(reply)))
+        await response.write_eof()
+        return response
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _result_body(reply: Reply) -> dict[str, Any]:
+    if reply.status is MessageStatus.ANSWERED:
+        return reply.as_result()
+    return {
+        "error": "model_unavailable",
+        "detail": "the model did not answer; try again later",
+        "message_id": reply.inbound.id,
+        "reply": reply.text,
+    }
+
+
+def _result_response(reply: Reply) -> web.Response:
+    if reply.status is MessageStatus.ANSWERED:
+        return json_response(reply.as_result())
+    return json_response(_result_body(reply), 503, {"Retry-After": "30"})
+
+
+def _validation_error(exc: ValidationError) -> web.Response:
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid" or not first["loc"]:
+        return error_response(400, "malformed_json", "the body is not a JSON object")
+    field = ".".join(str(part) for part in first["loc"])
+    return error_response(400, "invalid_request", f"{field}: {first['msg']}", field=field)

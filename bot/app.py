@@ -1,0 +1,209 @@
+"""The aiohttp application: webhooks, health, readiness and metrics.
+
+Every resource is opened in a ``cleanup_ctx`` and kept under a typed ``web.AppKey``; the
+worker is the last opened and the first stopped, so replies in flight are drained before
+the database and the model client close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from adapters import WEBHOOK_ROUTES, Adapter, build_adapters
+from bot import metrics
+from bot.http import REQUEST_ID, error_response, json_response
+from bot.runtime import Runtime, open_runtime
+from bot.worker import Worker
+from config import Settings
+
+logger = structlog.get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+RUNTIME = web.AppKey("runtime", Runtime)
+ADAPTERS = web.AppKey("adapters", dict[str, Adapter])
+WORKER = web.AppKey("worker", Worker)
+
+_STARTED = web.RequestKey("started", float)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+READY_CHECK_TIMEOUT = 3.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id, log it, count webhooks, and turn failures into JSON."""
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    request[_STARTED] = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = error_response(
+                exc.status, _slug(exc.reason), exc.text if exc.text != exc.reason else exc.reason
+            )
+            for header in ("Allow", "Retry-After"):
+                if header in exc.headers:
+                    response.headers[header] = exc.headers[header]
+        except Exception:
+            logger.exception("unhandled_error", path=request.path)
+            response = error_response(
+                500, "internal_error", "an unexpected error occurred", request_id=request_id
+            )
+        name = request.match_info.route.name or ""
+        if name.startswith("webhook-"):
+            metrics.WEBHOOK_REQUESTS.labels(name.removeprefix("webhook-"), response.status).inc()
+        logger.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            ms=round((time.perf_counter() - request[_STARTED]) * 1000, 2),
+        )
+    return response
+
+
+async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Request-ID`` and ``X-Process-Time`` on every response, streamed ones included."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+    started = request.get(_STARTED)
+    if started is not None:
+        response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.6f}"
+
+
+def _slug(reason: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
+
+
+async def health(_: web.Request) -> web.Response:
+    """Liveness: the process serves."""
+    return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: the database, Redis and the model, checked concurrently with their durations."""
+    runtime = request.app[RUNTIME]
+
+    async def timed(check: Callable[[], Awaitable[str]]) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT):
+                status = await check()
+            error = None
+        except Exception as exc:
+            status, error = "unavailable", str(exc) or type(exc).__name__
+        result: dict[str, Any] = {
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+        if error:
+            result["error"] = error
+        return result
+
+    async def database() -> str:
+        await runtime.store.ping()
+        return "ok"
+
+    async def redis() -> str:
+        if runtime.redis is None:
+            return "disabled"
+        await runtime.redis.ping()
+        return "ok"
+
+    async def llm() -> str:
+        return runtime.responder.status()
+
+    names = ("database", "redis", "llm")
+    results = await asyncio.gather(timed(database), timed(redis), timed(llm))
+    checks = dict(zip(names, results, strict=True))
+    if any(c["status"] == "unavailable" for c in checks.values()):
+        overall, code = "unavailable", 503
+    elif checks["llm"]["status"] == "circuit_open":
+        overall, code = "degraded", 200
+    else:
+        overall, code = "ok", 200
+    return json_response({"status": overall, "checks": checks}, code)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """Prometheus text exposition of the ``zapa_`` metrics."""
+    metrics.QUEUE_DEPTH.set(await request.app[RUNTIME].queue.depth())
+    return web.Response(
+        body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def create_app(
+    settings: Settings, *, run_worker: bool = True, migrate: bool = False
+) -> web.Application:
+    """The web application; resources open on startup and close on cleanup."""
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.on_response_prepare.append(_stamp_headers)
+
+    async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_runtime(settings, migrate=migrate) as runtime:
+            app[RUNTIME] = runtime
+            yield
+
+    async def adapters_ctx(app: web.Application) -> AsyncIterator[None]:
+        adapters = build_adapters(settings, app[RUNTIME].engine)
+        app[ADAPTERS] = {adapter.platform: adapter for adapter in adapters}
+        try:
+            for adapter in adapters:
+                await adapter.start()
+            yield
+        finally:
+            for adapter in reversed(adapters):
+                await adapter.aclose()
+
+    async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        worker = Worker(runtime.engine, runtime.queue, concurrency=settings.worker_concurrency)
+        app[WORKER] = worker
+        worker.start()
+        try:
+            await runtime.engine.recover()
+        except Exception as exc:
+            logger.warning("recovery_failed", error=repr(exc))
+        yield
+        await worker.stop(settings.shutdown_grace_seconds)
+
+    app.cleanup_ctx.append(runtime_ctx)
+    app.cleanup_ctx.append(adapters_ctx)
+    if run_worker:
+        app.cleanup_ctx.append(worker_ctx)
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_view)
+    for platform, path in WEBHOOK_ROUTES.items():
+        app.router.add_post(path, _webhook_handler(platform), name=f"webhook-{platform}")
+    return app
+
+
+def _webhook_handler(platform: str) -> Handler:
+    """Hands the request to the platform's adapter; a disabled adapter's route is a 404."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        adapter = request.app[ADAPTERS].get(platform)
+        if adapter is None:
+            return error_response(
+                404, "adapter_disabled", f"the {platform} adapter is not configured"
+            )
+        return await adapter.handle(request)
+
+    return handle

@@ -1,0 +1,187 @@
+"""The ``zapa`` command line (also ``python -m bot``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import structlog
+
+from bot import texts
+from bot.engine import Outcome
+from bot.errors import ZapaError
+from bot.logs import configure_logging
+from bot.messages import InboundMessage, Reply, StoredMessage, parse_command
+from bot.ports import ReplyStream
+from config import ConfigError, Settings, load_settings
+
+logger = structlog.get_logger(__name__)
+
+DESCRIPTION = """\
+Zapa puts an LLM where people already chat: Telegram, Slack and HTTP webhooks.
+Configuration comes from environment variables and a .env file (see the README)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zapa", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the web service: webhooks, /health, /ready, /metrics",
+        description="Run the web service. It answers webhooks, /health, /ready and /metrics, "
+        "and replies in-process unless --no-worker is given. On the embedded SQLite "
+        "database it applies pending migrations first.",
+    )
+    serve.add_argument("--host", help="listen address (default: HOST, else 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="listen port (default: PORT, else 8080)")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="only accept webhooks; separate workers send the replies (needs REDIS_URL)",
+    )
+
+    commands.add_parser(
+        "migrate",
+        help="apply database migrations (alembic upgrade head) to DATABASE_URL",
+        description="Apply every pending database migration to DATABASE_URL.",
+    )
+    commands.add_parser(
+        "chat",
+        help="talk to the bot in this terminal, through the same engine",
+        description="A conversation in the terminal, through the same engine, history and "
+        "model as the web service (platform 'cli'). Type /reset for a fresh context, "
+        "/usage for your quota; Ctrl-D or /quit ends it.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; exit status 2 with one line on bad configuration."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"zapa: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        if args.command == "serve":
+            return _serve(settings, args.host, args.port, no_worker=args.no_worker)
+        if args.command == "migrate":
+            return _migrate(settings)
+        return asyncio.run(_chat(settings))
+    except KeyboardInterrupt:
+        return 130
+    except (ZapaError, OSError) as exc:
+        print(f"zapa: {exc}", file=sys.stderr)
+        return 1
+
+
+def _migrate(settings: Settings) -> int:
+    from storage.migrate import upgrade_head
+
+    upgrade_head(settings.database_url)
+    print("database is up to date")
+    return 0
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, *, no_worker: bool) -> int:
+    from aiohttp import web
+
+    from bot.app import create_app
+
+    if no_worker and settings.redis_url is None:
+        print(
+            "zapa: --no-worker needs REDIS_URL: replies are sent by separate workers",
+            file=sys.stderr,
+        )
+        return 2
+    app = create_app(settings, run_worker=not no_worker, migrate=settings.is_sqlite)
+    web.run_app(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        access_log=None,
+        print=lambda text: logger.info("listening", detail=str(text).strip()),
+        shutdown_timeout=settings.shutdown_grace_seconds,
+    )
+    return 0
+
+
+class _TerminalStream:
+    def __init__(self) -> None:
+        self.streamed = False
+
+    async def delta(self, text: str) -> None:
+        self.streamed = True
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    async def finish(self, reply: Reply) -> None:
+        sys.stdout.write("\n" if self.streamed else reply.text + "\n")
+        sys.stdout.flush()
+
+
+class _TerminalSender:
+    def __init__(self) -> None:
+        self.done: dict[int, asyncio.Event] = {}
+
+    @asynccontextmanager
+    async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
+        sys.stdout.write("zapa> ")
+        yield _TerminalStream()
+        self.done.setdefault(message.id, asyncio.Event()).set()
+
+
+async def _chat(settings: Settings) -> int:
+    from bot.runtime import open_runtime
+    from bot.worker import Worker
+
+    user = getpass.getuser()
+    sender = _TerminalSender()
+    async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
+        runtime.engine.register_sender("cli", sender)
+        worker = Worker(runtime.engine, runtime.queue, concurrency=1)
+        worker.start()
+        print(f"Talking to {runtime.responder.model}. /reset starts over, Ctrl-D ends.")
+        try:
+            while True:
+                line = await asyncio.to_thread(_read_line)
+                if line is None or line.strip() in ("/quit", "/exit"):
+                    break
+                if not line.strip():
+                    continue
+                accepted = await runtime.engine.accept(
+                    InboundMessage(
+                        platform="cli",
+                        conversation_key=f"terminal:{user}",
+                        user_id=user,
+                        text=line,
+                        user_name=user,
+                        command=parse_command(line),
+                    )
+                )
+                if accepted.queued:
+                    await sender.done.setdefault(accepted.message_id, asyncio.Event()).wait()
+                elif accepted.outcome is Outcome.RATE_LIMITED:
+                    print(
+                        texts.RATE_LIMITED.format(wait=texts.humanize_seconds(accepted.retry_after))
+                    )
+        finally:
+            await worker.stop(settings.shutdown_grace_seconds)
+    return 0
+
+
+def _read_line() -> str | None:
+    try:
+        return input("you> ")
+    except EOFError:
+        print()
+        return None

@@ -1,0 +1,78 @@
+"""The in-process job queue: one process, at-least-once, one job per conversation at a time.
+
+Jobs live in memory only; durability comes from the store: every job stands for a message
+stored as ``received``, and :meth:`bot.engine.Engine.recover` enqueues those again when the
+process starts. The Redis-backed queue for several processes implements the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import deque
+
+from bot.ports import Job
+
+
+class MemoryQueue:
+    """Per-conversation lanes; a lane is ready when it has jobs and none in flight.
+
+    A conversation id sits in ``_ready`` exactly when its lane is non-empty and no job of it
+    is in flight or waiting out a retry delay, so ``get`` never hands out two jobs of one
+    conversation at once and keeps each lane's order.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: dict[int, deque[Job]] = {}
+        self._busy: set[int] = set()
+        self._ready: asyncio.Queue[int] = asyncio.Queue()
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    async def put(self, job: Job) -> None:
+        """Append the job to its conversation's lane."""
+        lane = self._lanes.setdefault(job.conversation_id, deque())
+        was_idle = not lane and job.conversation_id not in self._busy
+        lane.append(job)
+        if was_idle:
+            self._ready.put_nowait(job.conversation_id)
+
+    async def get(self) -> Job:
+        """Wait for the oldest job of a conversation that has nothing in flight."""
+        conversation_id = await self._ready.get()
+        self._busy.add(conversation_id)
+        return self._lanes[conversation_id].popleft()
+
+    async def ack(self, job: Job) -> None:
+        """Release the job's conversation for its next job."""
+        self._release(job.conversation_id)
+
+    async def retry(self, job: Job, delay: float) -> None:
+        """Put the job back at the head of its lane, runnable again after ``delay`` seconds."""
+        again = dataclasses.replace(job, attempt=job.attempt + 1)
+        self._lanes.setdefault(job.conversation_id, deque()).appendleft(again)
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def release() -> None:
+            self._timers.discard(handle)
+            self._release(job.conversation_id)
+
+        handle = loop.call_later(delay, release)
+        self._timers.add(handle)
+
+    async def depth(self) -> int:
+        """Jobs waiting plus conversations with a job in flight."""
+        return sum(len(lane) for lane in self._lanes.values()) + len(self._busy)
+
+    def close(self) -> None:
+        """Cancel pending retry timers; the store still knows every unfinished message."""
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+
+    def _release(self, conversation_id: int) -> None:
+        self._busy.discard(conversation_id)
+        if self._lanes.get(conversation_id):
+            self._ready.put_nowait(conversation_id)
+        else:
+            self._lanes.pop(conversation_id, None)

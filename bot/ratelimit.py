@@ -1,0 +1,247 @@
+"""Per-user message limits over the ``RATE_LIMIT`` windows, on the ``limits`` library.
+
+With ``REDIS_URL`` the counts live in Redis, so every web process and worker shares them;
+without it they live in this process's memory (one process only).
+
+The strategy is the moving window: each window keeps the timestamps of the user's last N
+messages and a message is allowed while fewer than N fall within the period. A fixed window
+would be cheaper (one counter) but lets a user send 2N messages around a window boundary and
+then locks them out for a whole period; the moving window frees one slot at a time, exactly
+when the oldest counted message ages out, which is also what ``retry_after`` reports. The
+price is a list of at most N timestamps per user and window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+from limits import (
+    RateLimitItem,
+    RateLimitItemPerDay,
+    RateLimitItemPerHour,
+    RateLimitItemPerMinute,
+    RateLimitItemPerSecond,
+)
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from redis.exceptions import RedisError
+
+from bot import keys
+from bot.errors import DependencyUnavailable
+from bot.ports import RateDecision, WindowUsage
+from config.settings import Settings
+
+logger = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT: Final = 2.0
+"""Seconds one limiter call may wait for Redis before the message is turned away with 503."""
+
+# A refusal always asks for some wait, even when a slot frees while we answer.
+_MIN_RETRY_AFTER: Final = 0.01
+
+_ITEMS: Final[dict[str, type[RateLimitItem]]] = {
+    "second": RateLimitItemPerSecond,
+    "minute": RateLimitItemPerMinute,
+    "hour": RateLimitItemPerHour,
+    "day": RateLimitItemPerDay,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    limit: int
+    period: str
+    messages: RateLimitItem
+    notices: RateLimitItem
+
+    @classmethod
+    def of(cls, limit: int, period: str) -> _Window:
+        item = _ITEMS[period]
+        return cls(
+            limit=limit,
+            period=period,
+            messages=item(limit, namespace=keys.RATE_LIMIT_HITS),
+            # One notice per period: the first refusal takes the only slot.
+            notices=item(1, namespace=keys.RATE_LIMIT_NOTICES),
+        )
+
+
+class LimitsRateLimiter:
+    """The :class:`bot.ports.RateLimiter` port on ``limits``' moving-window strategy.
+
+    Build it with :meth:`in_memory`, :meth:`on_redis` or :func:`build_rate_limiter`.
+    Every window is tested before any is counted, so a refused message uses no quota.
+    Redis failures and timeouts surface as :class:`bot.errors.DependencyUnavailable`.
+    """
+
+    def __init__(
+        self,
+        windows: Sequence[tuple[int, str]],
+        storage: Storage,
+        *,
+        redis: aioredis.Redis | None = None,
+        owns_redis: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        unknown = {period for _, period in windows} - _ITEMS.keys()
+        if unknown:
+            raise ValueError(f"unknown rate-limit periods: {sorted(unknown)}")
+        self._windows = tuple(_Window.of(limit, period) for limit, period in windows)
+        self._strategy = MovingWindowRateLimiter(storage)
+        self._redis = redis
+        self._owns_redis = owns_redis
+        self._timeout = timeout
+
+    @classmethod
+    def in_memory(cls, windows: Sequence[tuple[int, str]]) -> LimitsRateLimiter:
+        """A limiter counting in this process's memory (one process only)."""
+        return cls(windows, MemoryStorage())
+
+    @classmethod
+    def on_redis(
+        cls,
+        windows: Sequence[tuple[int, str]],
+        redis: aioredis.Redis,
+        *,
+        owns_redis: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> LimitsRateLimiter:
+        """A limiter counting in Redis through ``redis``'s connection pool.
+
+        Args:
+            windows: ``(limit, period)`` pairs, as :attr:`config.settings.Settings.rate_limits`.
+            redis: the app's client; the limiter borrows its pool rather than opening its own.
+            owns_redis: close ``redis`` (and its pool) in :meth:`aclose`.
+            timeout: seconds a call may wait for Redis.
+        """
+        storage = RedisStorage(
+            # The URL is not used to connect when a pool is given (and limits' URL parser
+            # rejects some URLs redis-py accepts, such as one without a port).
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=keys.RATE_LIMIT,
+            # limits documents ``connection_pool`` but annotates options as scalars only.
+            connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+        )
+        return cls(windows, storage, redis=redis, owns_redis=owns_redis, timeout=timeout)
+
+    async def hit(self, key: str) -> RateDecision:
+        """Count one message for ``key`` unless a window is exhausted.
+
+        A refusal's ``retry_after`` is the time until every exhausted window frees a slot;
+        ``notify`` is true for the first refusal in that window's period only.
+
+        Raises:
+            bot.errors.DependencyUnavailable: Redis cannot be reached in time.
+        """
+        return await self._guarded(self._hit(key))
+
+    async def usage(self, key: str) -> list[WindowUsage]:
+        """The user's remaining quota in each window, without counting a message.
+
+        ``reset_in`` is the time until the oldest counted message leaves the window (and
+        a slot frees), 0 when the window counts none.
+
+        Raises:
+            bot.errors.DependencyUnavailable: Redis cannot be reached in time.
+        """
+        return await self._guarded(self._usage(key))
+
+    async def ping(self) -> None:
+        """Raise :class:`bot.errors.DependencyUnavailable` when Redis does not answer."""
+        if self._redis is not None:
+            await self._guarded(self._redis.ping())
+
+    async def aclose(self) -> None:
+        """Close the Redis client if the limiter owns it; a borrowed one stays open."""
+        if self._redis is not None and self._owns_redis:
+            await self._redis.aclose()
+
+    async def _hit(self, key: str) -> RateDecision:
+        exhausted: list[tuple[_Window, float]] = []
+        for window in self._windows:
+            stats = await self._strategy.get_window_stats(window.messages, key)
+            if stats.remaining <= 0:
+                exhausted.append((window, stats.reset_time))
+        if not exhausted:
+            for window in self._windows:
+                if not await self._strategy.hit(window.messages, key):
+                    # Another message of the same user took the last slot since the test
+                    # above. Windows counted before this one keep that count: rare, and it
+                    # errs on the side of the limit.
+                    stats = await self._strategy.get_window_stats(window.messages, key)
+                    exhausted.append((window, stats.reset_time))
+                    break
+            else:
+                return RateDecision(allowed=True)
+        window, reset_at = max(exhausted, key=lambda pair: pair[1])
+        retry_after = min(max(reset_at - time.time(), _MIN_RETRY_AFTER), _seconds(window))
+        notify = await self._strategy.hit(window.notices, key)
+        logger.debug(
+            "rate_limited",
+            key=key,
+            window=f"{window.limit}/{window.period}",
+            retry_after=round(retry_after, 3),
+            notify=notify,
+        )
+        return RateDecision(allowed=False, retry_after=retry_after, notify=notify)
+
+    async def _usage(self, key: str) -> list[WindowUsage]:
+        result: list[WindowUsage] = []
+        for window in self._windows:
+            stats = await self._strategy.get_window_stats(window.messages, key)
+            remaining = min(max(stats.remaining, 0), window.limit)
+            reset_in = 0.0
+            if remaining < window.limit:
+                reset_in = min(max(stats.reset_time - time.time(), 0.0), _seconds(window))
+            result.append(WindowUsage(window.limit, window.period, remaining, reset_in))
+        return result
+
+    async def _guarded(self, operation: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await operation
+        except TimeoutError as exc:
+            logger.warning("redis_timeout", timeout=self._timeout)
+            raise DependencyUnavailable(
+                "redis", f"no answer within {self._timeout:g} seconds"
+            ) from exc
+        except (RedisError, OSError) as exc:
+            logger.warning("redis_unavailable", error=str(exc))
+            raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+
+
+def _seconds(window: _Window) -> float:
+    return float(window.messages.get_expiry())
+
+
+def build_rate_limiter(settings: Settings, redis: aioredis.Redis | None) -> LimitsRateLimiter:
+    """The rate limiter for these settings.
+
+    Args:
+        settings: ``RATE_LIMIT`` gives the windows, ``REDIS_URL`` whether to use Redis.
+        redis: the app's Redis client, whose connection pool the limiter shares. When it
+            is ``None`` but ``REDIS_URL`` is set, the limiter opens (and owns) its own
+            client; close it with :meth:`LimitsRateLimiter.aclose`.
+
+    Returns:
+        A limiter on Redis when ``redis`` or ``REDIS_URL`` is given, else in memory.
+    """
+    if redis is not None:
+        return LimitsRateLimiter.on_redis(settings.rate_limits, redis)
+    if settings.redis_url is not None:
+        client = aioredis.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=DEFAULT_TIMEOUT,
+            socket_connect_timeout=DEFAULT_TIMEOUT,
+        )
+        return LimitsRateLimiter.on_redis(settings.rate_limits, client, owns_redis=True)
+    return LimitsRateLimiter.in_memory(settings.rate_limits)

@@ -1,0 +1,82 @@
+"""Builds the engine and everything it stands on, for the web app and for ``zapa chat``.
+
+This is where concrete classes meet the engine's ports; nothing else picks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from bot.engine import Engine, EngineConfig
+from bot.llm import build_responder
+from bot.ports import ConversationStore, RateLimiter, Responder
+from bot.queue import MemoryQueue
+from bot.ratelimit import build_rate_limiter
+from config import Settings
+from storage.db import create_engine, create_sessionmaker
+from storage.migrate import upgrade_head
+from storage.repository import SqlConversationStore
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The engine and its parts, open until the context that made them closes."""
+
+    settings: Settings
+    engine: Engine
+    store: ConversationStore
+    limiter: RateLimiter
+    responder: Responder
+    queue: MemoryQueue
+    redis: aioredis.Redis | None
+
+
+def create_redis(url: str) -> aioredis.Redis:
+    """A Redis client with bounded timeouts, so an outage fails fast instead of hanging."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        max_connections=200,
+    )
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, migrate: bool = False) -> AsyncIterator[Runtime]:
+    """Open the database, Redis, the limiter, the model client and the queue; close them after."""
+    async with AsyncExitStack() as stack:
+        if migrate:
+            await asyncio.to_thread(upgrade_head, settings.database_url)
+        db = create_engine(settings.database_url, settings.database_pool_size)
+        stack.push_async_callback(db.dispose)
+        store = SqlConversationStore(create_sessionmaker(db))
+
+        redis: aioredis.Redis | None = None
+        if settings.redis_url is not None:
+            redis = create_redis(settings.redis_url.get_secret_value())
+            stack.push_async_callback(redis.aclose)
+        limiter = build_rate_limiter(settings, redis)
+        stack.push_async_callback(limiter.aclose)
+
+        responder = build_responder(settings)
+        stack.push_async_callback(responder.aclose)
+
+        queue = MemoryQueue()
+        stack.callback(queue.close)
+        engine = Engine(
+            store=store,
+            limiter=limiter,
+            responder=responder,
+            queue=queue,
+            config=EngineConfig(
+                system_prompt=settings.system_prompt,
+                history_max_tokens=settings.history_max_tokens,
+            ),
+        )
+        yield Runtime(settings, engine, store, limiter, responder, queue, redis)

@@ -1,0 +1,518 @@
+"""SqlConversationStore against real SQLite and real PostgreSQL databases."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.errors import DependencyUnavailable, DuplicateEvent
+from bot.messages import (
+    ChatTurn,
+    Command,
+    InboundMessage,
+    MessageStatus,
+    Role,
+    StoredMessage,
+    Usage,
+)
+from bot.ports import ConversationStore, NewReply
+from storage.db import create_engine, create_sessionmaker
+from storage.migrate import upgrade_head
+from storage.models import Base, Conversation, InboundEvent, Message, User
+from storage.repository import SqlConversationStore
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> SqlConversationStore:
+    return SqlConversationStore(create_sessionmaker(engine))
+
+
+def inbound(
+    text: str = "hello",
+    *,
+    key: str = "chat-1",
+    user: str = "u-1",
+    event_id: str | None = None,
+    platform: str = "telegram",
+    command: Command | None = None,
+    user_name: str | None = None,
+) -> InboundMessage:
+    return InboundMessage(
+        platform=platform,
+        conversation_key=key,
+        user_id=user,
+        text=text,
+        event_id=event_id,
+        user_name=user_name,
+        command=command,
+    )
+
+
+async def receive(store: SqlConversationStore, message: InboundMessage) -> StoredMessage:
+    return await store.store_inbound(message, MessageStatus.RECEIVED, dedup_seconds=HOUR)
+
+
+async def turn(
+    store: SqlConversationStore,
+    text: str,
+    answer: str,
+    *,
+    status: MessageStatus = MessageStatus.ANSWERED,
+    command: Command | None = None,
+    key: str = "chat-1",
+) -> StoredMessage:
+    stored = await receive(store, inbound(text, key=key, command=command))
+    await store.save_reply(stored, NewReply(text=answer, status=status, model="gpt-test"))
+    return stored
+
+
+async def count(engine: AsyncEngine, model: type[object]) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_store_offers_every_method_of_the_engine_port() -> None:
+    port_methods = {
+        name
+        for name, member in vars(ConversationStore).items()
+        if inspect.iscoroutinefunction(member)
+    }
+    assert port_methods  # the port is read correctly
+    for name in port_methods:
+        implementation = getattr(SqlConversationStore, name, None)
+        assert implementation is not None, name
+        assert inspect.iscoroutinefunction(implementation), name
+        port_parameters = inspect.signature(getattr(ConversationStore, name)).parameters
+        assert list(inspect.signature(implementation).parameters) == list(port_parameters), name
+
+
+async def test_stored_message_round_trips(store: SqlConversationStore) -> None:
+    message = InboundMessage(
+        platform="webhook",
+        conversation_key="ticket-42",
+        user_id="u-7",
+        text="Hello there",
+        event_id="evt-1",
+        user_name="Ann",
+        platform_message_id="pm-9",
+        route={"callback_url": "https://example.test/cb", "thread": ["a", 1]},
+        request_id="req-1",
+    )
+    stored = await store.store_inbound(message, MessageStatus.RECEIVED, dedup_seconds=HOUR)
+
+    assert stored.text == "Hello there"
+    assert stored.conversation_key == "ticket-42"
+    assert stored.platform_user_id == "u-7"
+    assert stored.status is MessageStatus.RECEIVED
+    assert stored.created_at.tzinfo is not None
+    assert stored.created_at.utcoffset() == timedelta(0)
+    assert await store.get_message(stored.id) == stored
+
+
+async def test_command_round_trips(store: SqlConversationStore) -> None:
+    stored = await receive(store, inbound("/usage", command=Command.USAGE))
+    loaded = await store.get_message(stored.id)
+    assert loaded is not None
+    assert loaded.command is Command.USAGE
+
+
+async def test_unknown_message_and_reply_ids_are_not_inbound_messages(
+    store: SqlConversationStore,
+) -> None:
+    stored = await turn(store, "hi", "hello!")
+    reply = await store.reply_for(stored.id)
+    assert reply is not None
+    assert await store.get_message(reply.id) is None
+    assert await store.get_message(10_000) is None
+
+
+async def test_duplicate_event_names_the_first_message_and_writes_nothing(
+    store: SqlConversationStore, engine: AsyncEngine
+) -> None:
+    first = await receive(store, inbound("first", event_id="update-1"))
+
+    with pytest.raises(DuplicateEvent) as caught:
+        await receive(store, inbound("second", key="chat-2", user="u-2", event_id="update-1"))
+
+    assert caught.value.message_id == first.id
+    assert await count(engine, Message) == 1
+    assert await count(engine, Conversation) == 1
+    assert await count(engine, User) == 1
+    assert await count(engine, InboundEvent) == 1
+
+
+async def test_same_event_id_on_another_platform_is_a_new_message(
+    store: SqlConversationStore,
+) -> None:
+    first = await receive(store, inbound(event_id="42", platform="telegram"))
+    second = await receive(store, inbound(event_id="42", platform="slack"))
+    assert second.id != first.id
+
+
+async def test_expired_event_id_is_accepted_again(store: SqlConversationStore) -> None:
+    first = await receive(store, inbound("first", event_id="webhook-id-1"))
+    await asyncio.sleep(0.05)
+
+    again = await store.store_inbound(
+        inbound("again", event_id="webhook-id-1"), MessageStatus.RECEIVED, dedup_seconds=0.01
+    )
+
+    assert again.id != first.id
+    # The key now belongs to the new message.
+    with pytest.raises(DuplicateEvent) as caught:
+        await receive(store, inbound("third", event_id="webhook-id-1"))
+    assert caught.value.message_id == again.id
+
+
+async def test_find_event_names_a_recent_delivery_only(store: SqlConversationStore) -> None:
+    assert await store.find_event("telegram", "update-7", HOUR) is None
+    first = await receive(store, inbound(event_id="update-7"))
+
+    assert await store.find_event("telegram", "update-7", HOUR) == first.id
+    assert await store.find_event("slack", "update-7", HOUR) is None
+    await asyncio.sleep(0.05)
+    assert await store.find_event("telegram", "update-7", 0.01) is None
+
+
+async def test_concurrent_first_messages_share_one_conversation(
+    store: SqlConversationStore, engine: AsyncEngine
+) -> None:
+    messages = [inbound(f"message {n}", key="new-chat", user=f"u-{n % 4}") for n in range(20)]
+
+    stored = await asyncio.gather(*(receive(store, message) for message in messages))
+
+    assert len({message.id for message in stored}) == 20
+    assert len({message.conversation_id for message in stored}) == 1
+    assert len({message.user_id for message in stored}) == 4
+    assert await count(engine, Conversation) == 1
+    assert await count(engine, User) == 4
+
+
+async def test_concurrent_deliveries_of_one_event_store_it_once(
+    store: SqlConversationStore, engine: AsyncEngine
+) -> None:
+    results = await asyncio.gather(
+        *(receive(store, inbound(f"try {n}", event_id="retried")) for n in range(10)),
+        return_exceptions=True,
+    )
+
+    winners = [result for result in results if isinstance(result, StoredMessage)]
+    duplicates = [result for result in results if isinstance(result, DuplicateEvent)]
+    assert len(winners) == 1
+    assert len(duplicates) == 9
+    assert {duplicate.message_id for duplicate in duplicates} == {winners[0].id}
+    assert await count(engine, Message) == 1
+
+
+async def test_user_name_is_updated_when_given_and_kept_otherwise(
+    store: SqlConversationStore, engine: AsyncEngine
+) -> None:
+    await receive(store, inbound(user_name="Ann"))
+    await receive(store, inbound())
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(User.name)) == "Ann"
+    await receive(store, inbound(user_name="Ann B."))
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(User.name)) == "Ann B."
+
+
+async def test_text_with_nul_character_is_stored(store: SqlConversationStore) -> None:
+    stored = await receive(store, inbound("before\x00after"))
+    loaded = await store.get_message(stored.id)
+    assert loaded is not None
+    assert loaded.text.startswith("before")
+    assert loaded.text.endswith("after")
+
+
+async def test_history_is_oldest_first_and_limited_to_the_newest(
+    store: SqlConversationStore,
+) -> None:
+    for n in range(5):
+        await turn(store, f"question {n}", f"answer {n}")
+    await turn(store, "elsewhere", "other chat", key="chat-2")
+    current = await receive(store, inbound("question 5"))
+
+    assert await store.history(current, limit=4) == [
+        ChatTurn(Role.USER, "question 3"),
+        ChatTurn(Role.ASSISTANT, "answer 3"),
+        ChatTurn(Role.USER, "question 4"),
+        ChatTurn(Role.ASSISTANT, "answer 4"),
+    ]
+    assert len(await store.history(current, limit=100)) == 10
+    assert await store.history(current, limit=0) == []
+
+
+async def test_history_leaves_out_failed_refused_and_command_turns(
+    store: SqlConversationStore,
+) -> None:
+    await turn(store, "kept question", "kept answer")
+    await turn(store, "model was down", "sorry", status=MessageStatus.FAILED)
+    await turn(store, "too fast", "slow down", status=MessageStatus.RATE_LIMITED)
+    await turn(store, "/help", "I can answer questions", command=Command.HELP)
+    await receive(store, inbound("still waiting"))
+    current = await receive(store, inbound("now"))
+
+    assert await store.history(current, limit=50) == [
+        ChatTurn(Role.USER, "kept question"),
+        ChatTurn(Role.ASSISTANT, "kept answer"),
+    ]
+
+
+async def test_history_pairs_questions_with_answers_stored_after_later_questions(
+    store: SqlConversationStore,
+) -> None:
+    # Three questions queued at once, answered one by one: reply ids come after all three.
+    first, second, third = [await receive(store, inbound(f"q{n}")) for n in range(3)]
+    await store.save_reply(first, NewReply(text="a0", status=MessageStatus.ANSWERED))
+    assert await store.history(second, limit=10) == [
+        ChatTurn(Role.USER, "q0"),
+        ChatTurn(Role.ASSISTANT, "a0"),
+    ]
+    await store.save_reply(second, NewReply(text="a1", status=MessageStatus.ANSWERED))
+    assert [t.content for t in await store.history(third, limit=10)] == ["q0", "a0", "q1", "a1"]
+
+
+async def test_history_only_holds_what_came_before_the_message(
+    store: SqlConversationStore,
+) -> None:
+    early = await receive(store, inbound("early"))
+    await turn(store, "later", "later answer")
+    assert await store.history(early, limit=10) == []
+
+
+async def test_history_starts_after_a_reset(store: SqlConversationStore) -> None:
+    await turn(store, "old question", "old answer")
+    reset = await receive(store, inbound("/reset", command=Command.RESET))
+    # A message that arrived while the reset was waiting belongs to the new context.
+    queued = await receive(store, inbound("asked right after the reset"))
+    await store.reset_context(reset)
+    await store.save_reply(reset, NewReply(text="Fresh start", status=MessageStatus.ANSWERED))
+
+    assert await store.history(queued, limit=10) == []
+    await store.save_reply(queued, NewReply(text="new answer", status=MessageStatus.ANSWERED))
+    current = await receive(store, inbound("next"))
+    assert await store.history(current, limit=10) == [
+        ChatTurn(Role.USER, "asked right after the reset"),
+        ChatTurn(Role.ASSISTANT, "new answer"),
+    ]
+
+
+async def test_reset_of_a_conversation_does_not_touch_another(
+    store: SqlConversationStore,
+) -> None:
+    await turn(store, "mine", "my answer", key="chat-1")
+    other = await turn(store, "theirs", "their answer", key="chat-2")
+    await store.reset_context(other)
+
+    current = await receive(store, inbound("next", key="chat-1"))
+    assert len(await store.history(current, limit=10)) == 2
+
+
+async def test_save_reply_closes_the_turn(store: SqlConversationStore) -> None:
+    stored = await receive(store, inbound("what is 2+2?"))
+    assert await store.reply_for(stored.id) is None
+
+    reply = await store.save_reply(
+        stored,
+        NewReply(
+            text="4",
+            status=MessageStatus.ANSWERED,
+            model="gpt-test",
+            usage=Usage(prompt_tokens=12, completion_tokens=1),
+            latency_ms=85.5,
+        ),
+    )
+
+    assert reply.inbound.id == stored.id
+    assert reply.inbound.status is MessageStatus.ANSWERED
+    assert reply.as_result()["usage"] == {"prompt_tokens": 12, "completion_tokens": 1}
+    assert reply.delivered is False
+    assert await store.reply_for(stored.id) == reply
+    loaded = await store.get_message(stored.id)
+    assert loaded is not None
+    assert loaded.status is MessageStatus.ANSWERED
+
+
+async def test_saving_a_reply_twice_keeps_the_first(
+    store: SqlConversationStore, engine: AsyncEngine
+) -> None:
+    stored = await receive(store, inbound())
+    first = await store.save_reply(stored, NewReply(text="one", status=MessageStatus.ANSWERED))
+    second = await store.save_reply(stored, NewReply(text="two", status=MessageStatus.FAILED))
+
+    assert second.id == first.id
+    assert second.text == "one"
+    assert second.status is MessageStatus.ANSWERED
+    assert await count(engine, Message) == 2
+    loaded = await store.get_message(stored.id)
+    assert loaded is not None
+    assert loaded.status is MessageStatus.ANSWERED
+
+
+async def test_concurrent_replies_to_one_message_store_one(
+    store: SqlConversationStore, engine: AsyncEngine
+) -> None:
+    stored = await receive(store, inbound())
+    replies = await asyncio.gather(
+        *(
+            store.save_reply(stored, NewReply(text=f"r{n}", status=MessageStatus.ANSWERED))
+            for n in range(5)
+        )
+    )
+    assert len({reply.id for reply in replies}) == 1
+    assert await count(engine, Message) == 2
+
+
+async def test_marked_delivery_is_remembered(store: SqlConversationStore) -> None:
+    stored = await turn(store, "hi", "hello")
+    reply = await store.reply_for(stored.id)
+    assert reply is not None
+    assert reply.delivered is False
+
+    await store.mark_delivered(reply.id)
+    await store.mark_delivered(reply.id)
+
+    delivered = await store.reply_for(stored.id)
+    assert delivered is not None
+    assert delivered.delivered is True
+
+
+async def test_unfinished_lists_open_and_undelivered_turns_oldest_first(
+    store: SqlConversationStore,
+) -> None:
+    waiting = await receive(store, inbound("waiting", key="a"))
+    done = await turn(store, "done", "delivered", key="b")
+    done_reply = await store.reply_for(done.id)
+    assert done_reply is not None
+    await store.mark_delivered(done_reply.id)
+    undelivered = await turn(store, "answered", "not delivered yet", key="c")
+    refused = await turn(store, "refused", "slow down", key="d", status=MessageStatus.RATE_LIMITED)
+    last = await receive(store, inbound("last", key="a"))
+
+    unfinished = await store.unfinished(limit=100)
+
+    assert [message.id for message in unfinished] == [
+        waiting.id,
+        undelivered.id,
+        refused.id,
+        last.id,
+    ]
+    assert unfinished[0] == waiting
+    assert [message.id for message in await store.unfinished(limit=2)] == [
+        waiting.id,
+        undelivered.id,
+    ]
+
+
+async def test_ping_answers_on_a_reachable_database(store: SqlConversationStore) -> None:
+    await store.ping()
+
+
+async def test_timestamps_are_aware_utc_whatever_the_database(
+    store: SqlConversationStore,
+) -> None:
+    stored = await receive(store, inbound())
+    loaded = await store.get_message(stored.id)
+    assert loaded is not None
+    assert loaded.created_at.tzinfo is not None
+    assert loaded.created_at.astimezone(UTC) == stored.created_at
+
+
+@pytest.fixture(params=["postgres-closed-port", "sqlite-impossible-directory"])
+async def unreachable_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SqlConversationStore]:
+    if request.param == "postgres-closed-port":
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/test"
+    else:
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("a file where the directory should be")
+        url = f"sqlite+aiosqlite:///{blocker / 'data' / 'zapa.db'}"
+    engine = create_engine(url, pool_size=2)
+    yield SqlConversationStore(create_sessionmaker(engine))
+    await engine.dispose()
+
+
+async def test_unreachable_database_raises_dependency_unavailable(
+    unreachable_store: SqlConversationStore,
+) -> None:
+    with pytest.raises(DependencyUnavailable) as caught:
+        await unreachable_store.ping()
+    assert caught.value.dependency == "database"
+
+    with pytest.raises(DependencyUnavailable):
+        await receive(unreachable_store, inbound(event_id="e-1"))
+    with pytest.raises(DependencyUnavailable):
+        await unreachable_store.get_message(1)
+
+
+async def test_store_recovers_after_postgres_drops_its_connections(postgres_url: str) -> None:
+    engine = create_engine(postgres_url, pool_size=2)
+    store = SqlConversationStore(create_sessionmaker(engine))
+    try:
+        first = await receive(store, inbound("before the restart"))
+        dsn = make_url(postgres_url).set(drivername="postgresql")
+        admin = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+        try:
+            # What a server restart or failover does to the pooled connections.
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+
+        second = await receive(store, inbound("after the restart"))
+        assert second.id > first.id
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_database_directory_is_created(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'nested' / 'zapa.db'}"
+    await asyncio.to_thread(upgrade_head, url)
+    engine = create_engine(url, pool_size=2)
+    try:
+        store = SqlConversationStore(create_sessionmaker(engine))
+        stored = await receive(store, inbound())
+        assert await store.get_message(stored.id) == stored
+    finally:
+        await engine.dispose()
+    assert (tmp_path / "data" / "nested" / "zapa.db").is_file()
+
+
+async def test_models_create_a_working_in_memory_sqlite_schema() -> None:
+    engine = create_engine("sqlite+aiosqlite:///:memory:", pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        store = SqlConversationStore(create_sessionmaker(engine))
+        stored = await receive(store, inbound())
+        assert await store.get_message(stored.id) == stored
+    finally:
+        await engine.dispose()
