@@ -254,15 +254,16 @@ class Engine:
         history = await self._store.history(message, self._config.history_fetch_limit)
         budget = self._config.history_max_tokens - self._system_tokens
         budget -= count_tokens(message.text)
-        kept: list[ChatTurn] = []
-        for turn in reversed(history):
-            cost = count_tokens(turn.content)
+        # Whole turns only, newest first: a question without its answer (or the reverse)
+        # would mislead the model.
+        start = len(history)
+        while start >= 2:
+            cost = count_tokens(history[start - 2].content) + count_tokens(history[start - 1].content)
             if cost > budget:
                 break
             budget -= cost
-            kept.append(turn)
-        kept.reverse()
-        return [self._system, *kept, ChatTurn(Role.USER, message.text)]
+            start -= 2
+        return [self._system, *history[start:], ChatTurn(Role.USER, message.text)]
 
     async def _notify_rate_limited(self, message: StoredMessage) -> None:
         windows = await self._limiter.usage(rate_key(message.platform, message.platform_user_id))

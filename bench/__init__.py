@@ -1,0 +1,1 @@
+"""Benchmarks for Zapa; ``python -m bench --help`` lists what they measure."""

@@ -1,0 +1,51 @@
+"""In-memory fakes of the engine's outbound port, typed against the Protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bot.messages import Reply, StoredMessage
+from bot.ports import ReplyStream, Sender
+
+
+class RecordingSender:
+    """Records every delivered reply; fails the first ``fail_times`` deliveries."""
+
+    def __init__(self, fail_times: int = 0) -> None:
+        self.delivered: list[Reply] = []
+        self.deltas: dict[int, list[str]] = {}
+        self.attempts = 0
+        self.fail_times = fail_times
+        self.changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
+        yield _Stream(self, message)
+
+    async def wait_for(self, count: int, seconds: float = 10.0) -> list[Reply]:
+        async with asyncio.timeout(seconds), self.changed:
+            await self.changed.wait_for(lambda: len(self.delivered) >= count)
+        return self.delivered
+
+
+class _Stream:
+    def __init__(self, sender: RecordingSender, message: StoredMessage) -> None:
+        self._sender = sender
+        self._message = message
+
+    async def delta(self, text: str) -> None:
+        self._sender.deltas.setdefault(self._message.id, []).append(text)
+
+    async def finish(self, reply: Reply) -> None:
+        self._sender.attempts += 1
+        if self._sender.fail_times > 0:
+            self._sender.fail_times -= 1
+            raise ConnectionError("the platform is down")
+        async with self._sender.changed:
+            self._sender.delivered.append(reply)
+            self._sender.changed.notify_all()
+
+
+_: type[Sender] = RecordingSender

@@ -1,0 +1,202 @@
+"""The engine, queue and worker with a real store and model client, and a recording sender."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from bot.engine import Engine, EngineConfig, Outcome
+from bot.llm import OpenAIResponder
+from bot.messages import InboundMessage, MessageStatus
+from bot.ports import Job
+from bot.queue import MemoryQueue
+from bot.ratelimit import LimitsRateLimiter
+from bot.worker import Worker
+from storage.db import create_engine, create_sessionmaker
+from storage.repository import SqlConversationStore
+from tests.fake_openai import FakeOpenAI
+from tests.fakes import RecordingSender
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    store: SqlConversationStore
+    queue: MemoryQueue
+    sender: RecordingSender
+    fake: FakeOpenAI
+    worker: Worker
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
+    db = create_engine(sqlite_url, 5)
+    store = SqlConversationStore(create_sessionmaker(db))
+    responder = OpenAIResponder(
+        model="gpt-test", base_url=fake.base_url, max_attempts=2, backoff_base=0.01, backoff_max=0.02
+    )
+    queue = MemoryQueue()
+    engine = Engine(
+        store=store,
+        limiter=LimitsRateLimiter.in_memory([(100, "minute")]),
+        responder=responder,
+        queue=queue,
+        config=EngineConfig(system_prompt="sys", history_max_tokens=4000),
+    )
+    sender = RecordingSender()
+    engine.register_sender("test", sender)
+    worker = Worker(engine, queue, concurrency=4, max_attempts=3, retry_base=0.01, retry_max=0.05)
+    worker.start()
+    try:
+        yield Rig(engine, store, queue, sender, fake, worker)
+    finally:
+        await worker.stop(1.0)
+        queue.close()
+        await responder.aclose()
+        await db.dispose()
+
+
+def inbound(text: str, conversation: str = "c1", **extra: object) -> InboundMessage:
+    return InboundMessage(platform="test", conversation_key=conversation, user_id="u1", text=text, **extra)  # type: ignore[arg-type]
+
+
+async def test_queue_hands_out_one_job_per_conversation_in_order() -> None:
+    queue = MemoryQueue()
+    for n in range(3):
+        await queue.put(Job(message_id=n, conversation_id=1))
+    await queue.put(Job(message_id=10, conversation_id=2))
+    first = await queue.get()
+    other = await queue.get()
+    assert (first.message_id, other.message_id) == (0, 10)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await queue.get()  # conversation 1 is busy, conversation 2 is busy
+    await queue.ack(first)
+    assert (await queue.get()).message_id == 1
+    assert await queue.depth() == 3  # one waiting, two in flight
+
+
+async def test_retried_job_comes_back_first_after_its_delay() -> None:
+    queue = MemoryQueue()
+    await queue.put(Job(message_id=1, conversation_id=7))
+    await queue.put(Job(message_id=2, conversation_id=7))
+    job = await queue.get()
+    await queue.retry(job, 0.05)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02):
+            await queue.get()
+    again = await queue.get()
+    assert (again.message_id, again.attempt) == (1, 2)
+    queue.close()
+
+
+async def test_undelivered_reply_is_redelivered_without_asking_the_model_again(rig: Rig) -> None:
+    rig.sender.fail_times = 2
+    accepted = await rig.engine.accept(inbound("deliver me"))
+    [reply] = await rig.sender.wait_for(1)
+    assert reply.text == "echo: deliver me"
+    assert rig.sender.attempts == 3
+    assert len(rig.fake.requests) == 1
+    stored = await rig.store.reply_for(accepted.message_id)
+    assert stored is not None and stored.delivered
+
+
+async def test_reply_undeliverable_after_every_attempt_is_delivered_on_recovery(rig: Rig) -> None:
+    rig.sender.fail_times = 3  # the worker's three attempts all fail
+    accepted = await rig.engine.accept(inbound("unlucky"))
+    while rig.sender.attempts < 3:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert rig.sender.delivered == []
+    message = await rig.store.get_message(accepted.message_id)
+    assert message is not None and message.status is MessageStatus.ANSWERED
+    # The platform is back; on the next start the stored answer goes out, the model is not asked.
+    assert await rig.engine.recover() == 1
+    [reply] = await rig.sender.wait_for(1)
+    assert reply.text == "echo: unlucky"
+    assert len(rig.fake.requests) == 1
+
+
+async def test_model_failure_is_an_apology_and_a_failed_turn(rig: Rig) -> None:
+    rig.fake.fail(500, times=None)
+    accepted = await rig.engine.accept(inbound("anyone?"))
+    [reply] = await rig.sender.wait_for(1)
+    assert reply.status is MessageStatus.FAILED
+    assert reply.text.startswith("Sorry")
+    message = await rig.store.get_message(accepted.message_id)
+    assert message is not None and message.status is MessageStatus.FAILED
+
+
+async def test_deltas_reach_the_sender_before_the_reply(rig: Rig) -> None:
+    rig.fake.answer = lambda body: "alpha beta gamma"
+    accepted = await rig.engine.accept(inbound("stream"))
+    [reply] = await rig.sender.wait_for(1)
+    assert "".join(rig.sender.deltas[accepted.message_id]) == reply.text == "alpha beta gamma"
+
+
+async def test_duplicate_event_is_answered_once(rig: Rig) -> None:
+    first = await rig.engine.accept(inbound("hello", event_id="e-1"))
+    again = await rig.engine.accept(inbound("hello", event_id="e-1"))
+    assert first.outcome is Outcome.QUEUED
+    assert again.outcome is Outcome.DUPLICATE
+    assert again.message_id == first.message_id
+    await rig.sender.wait_for(1)
+    await asyncio.sleep(0.1)
+    assert len(rig.sender.delivered) == 1
+    assert len(rig.fake.requests) == 1
+
+
+async def test_history_is_trimmed_to_the_token_budget(sqlite_url: str, fake: FakeOpenAI) -> None:
+    db = create_engine(sqlite_url, 5)
+    store = SqlConversationStore(create_sessionmaker(db))
+    responder = OpenAIResponder(model="m", base_url=fake.base_url)
+    queue = MemoryQueue()
+    engine = Engine(
+        store=store,
+        limiter=LimitsRateLimiter.in_memory([(100, "minute")]),
+        responder=responder,
+        queue=queue,
+        config=EngineConfig(system_prompt="sys", history_max_tokens=200),
+    )
+    sender = RecordingSender()
+    engine.register_sender("test", sender)
+    worker = Worker(engine, queue, concurrency=1)
+    worker.start()
+    try:
+        for n in range(6):
+            await engine.accept(inbound(f"{n} " + "word " * 30))
+        await sender.wait_for(6)
+    finally:
+        await worker.stop(1.0)
+        await responder.aclose()
+        await db.dispose()
+    last = fake.requests[-1]["messages"]
+    assert last[0] == {"role": "system", "content": "sys"}
+    assert last[-1]["content"].startswith("5 ")
+    # Only the newest turns that fit: fewer than the five earlier ones, newest kept.
+    kept = [m["content"].split()[0] for m in last[1:-1] if m["role"] == "user"]
+    assert [m["role"] for m in last[1:-1]] == ["user", "assistant"] * len(kept)
+    assert 0 < len(kept) < 5
+    assert kept == [str(n) for n in range(5 - len(kept), 5)]
+
+
+async def test_unknown_platform_job_fails_after_attempts_and_worker_survives(rig: Rig) -> None:
+    accepted = await rig.engine.accept(
+        InboundMessage(platform="nowhere", conversation_key="x", user_id="u", text="hi")
+    )
+    await asyncio.sleep(0.5)
+    message = await rig.store.get_message(accepted.message_id)
+    assert message is not None and message.status is MessageStatus.FAILED
+    # The worker keeps serving other conversations.
+    await rig.engine.accept(inbound("still alive?"))
+    [reply] = await rig.sender.wait_for(1)
+    assert reply.text == "echo: still alive?"
