@@ -22,7 +22,11 @@ class Adapter(Protocol):
 
     platform: str
     path: str
-    sender: Sender
+
+    @property
+    def sender(self) -> Sender:
+        """How replies to this platform go out."""
+        ...
 
     async def start(self) -> None:
         """Learn what the adapter needs from its platform before serving."""

@@ -46,6 +46,10 @@ class GenericRequest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class _Refused(Exception):
+    """The request carries no valid authentication."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Event:
     """What a waiting HTTP request hears about its turn: a delta, or the finished reply."""
@@ -59,11 +63,15 @@ class _Listeners:
 
     def __init__(self) -> None:
         self._queues: defaultdict[int, list[asyncio.Queue[_Event]]] = defaultdict(list)
+        self._streaming: defaultdict[int, int] = defaultdict(int)
 
     @asynccontextmanager
-    async def listen(self, message_id: int) -> AsyncIterator[asyncio.Queue[_Event]]:
+    async def listen(
+        self, message_id: int, *, deltas: bool = False
+    ) -> AsyncIterator[asyncio.Queue[_Event]]:
         queue: asyncio.Queue[_Event] = asyncio.Queue()
         self._queues[message_id].append(queue)
+        self._streaming[message_id] += deltas
         try:
             yield queue
         finally:
@@ -71,6 +79,12 @@ class _Listeners:
             queues.remove(queue)
             if not queues:
                 del self._queues[message_id]
+            self._streaming[message_id] -= deltas
+            if not self._streaming[message_id]:
+                del self._streaming[message_id]
+
+    def streaming(self, message_id: int) -> bool:
+        return self._streaming.get(message_id, 0) > 0
 
     def publish(self, message_id: int, event: _Event) -> None:
         for queue in self._queues.get(message_id, ()):
@@ -81,6 +95,10 @@ class _Stream:
     def __init__(self, sender: WebhookSender, message: StoredMessage) -> None:
         self._sender = sender
         self._message = message
+
+    @property
+    def live(self) -> bool:
+        return self._sender.listeners.streaming(self._message.id)
 
     async def delta(self, text: str) -> None:
         self._sender.listeners.publish(self._message.id, _Event(delta=text))
@@ -141,8 +159,9 @@ class WebhookAdapter:
         if request.content_length is not None and request.content_length > self._max_body:
             return error_response(413, "payload_too_large", "the body exceeds MAX_BODY_BYTES")
         body = await request.read()
-        event_id = self._authenticate(request, body)
-        if event_id is False:
+        try:
+            event_id = self._authenticate(request, body)
+        except _Refused:
             return error_response(401, "unauthorized", "missing or invalid webhook authentication")
         try:
             payload = GenericRequest.model_validate_json(body)
@@ -158,7 +177,7 @@ class WebhookAdapter:
             conversation_key=payload.conversation_id,
             user_id=payload.user_id,
             text=payload.text,
-            event_id=event_id or request.headers.get("Idempotency-Key") or None,
+            event_id=event_id,
             user_name=payload.user_name,
             command=parse_command(payload.text),
             route={"callback_url": payload.callback_url} if payload.callback_url else {},
@@ -183,27 +202,37 @@ class WebhookAdapter:
             )
         if payload.callback_url is not None:
             return json_response({"message_id": accepted.message_id, "status": "queued"}, 202)
+        # A fresh message's reply cannot exist yet: the in-process queue hands the job to a
+        # worker only after this handler, which does not yield before it starts listening,
+        # so the store need not be asked first. A repeat may have finished long ago.
+        fresh = accepted.outcome is Outcome.QUEUED
         if "text/event-stream" in request.headers.get("Accept", ""):
-            return await self._stream(request, accepted.message_id)
-        return await self._wait(accepted.message_id)
+            return await self._stream(request, accepted.message_id, fresh=fresh)
+        return await self._wait(accepted.message_id, fresh=fresh)
 
-    def _authenticate(self, request: web.Request, body: bytes) -> str | bool | None:
-        """The verified ``webhook-id`` (or ``None`` for a bearer token), ``False`` if refused."""
+    def _authenticate(self, request: web.Request, body: bytes) -> str | None:
+        """The delivery id the caller vouches for (``webhook-id`` or ``Idempotency-Key``).
+
+        Raises:
+            _Refused: neither a valid bearer token nor a valid, fresh signature.
+        """
         authorization = request.headers.get("Authorization", "")
         if self._token is not None and authorization[:7].lower() == "bearer ":
             given = authorization[7:].strip().encode()
-            return None if hmac.compare_digest(given, self._token) else False
+            if not hmac.compare_digest(given, self._token):
+                raise _Refused
+            return request.headers.get("Idempotency-Key") or None
         if self._verifier is not None and "webhook-signature" in request.headers:
             try:
                 self._verifier.verify(body, dict(request.headers), json_parse=False)
             except (WebhookVerificationError, ValueError):
-                return False
+                raise _Refused from None
             return request.headers["webhook-id"]
-        return False
+        raise _Refused
 
-    async def _wait(self, message_id: int) -> web.Response:
+    async def _wait(self, message_id: int, *, fresh: bool) -> web.Response:
         async with self.sender.listeners.listen(message_id) as events:
-            reply = await self._engine.result(message_id)
+            reply = None if fresh else await self._engine.result(message_id)
             try:
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:
@@ -218,7 +247,9 @@ class WebhookAdapter:
                 )
         return _result_response(reply)
 
-    async def _stream(self, request: web.Request, message_id: int) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, message_id: int, *, fresh: bool
+    ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -226,9 +257,9 @@ class WebhookAdapter:
                 "X-Accel-Buffering": "no",
             }
         )
-        async with self.sender.listeners.listen(message_id) as events:
+        async with self.sender.listeners.listen(message_id, deltas=True) as events:
             await response.prepare(request)
-            reply = await self._engine.result(message_id)
+            reply = None if fresh else await self._engine.result(message_id)
             try:
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:

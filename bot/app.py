@@ -50,9 +50,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            response = error_response(
-                exc.status, _slug(exc.reason), exc.text if exc.text != exc.reason else exc.reason
-            )
+            detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
+            response = error_response(exc.status, _slug(exc.reason), detail or exc.reason)
             for header in ("Allow", "Retry-After"):
                 if header in exc.headers:
                     response.headers[header] = exc.headers[header]

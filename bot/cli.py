@@ -116,6 +116,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, no_worker:
 
 
 class _TerminalStream:
+    live = True
+
     def __init__(self) -> None:
         self.streamed = False
 

@@ -162,7 +162,7 @@ class Engine:
         """Queue again every message accepted but not finished when the process stopped."""
         pending = await self._store.unfinished(limit)
         for message in pending:
-            await self._enqueue(message)
+            await self._enqueue(message, fresh=False)
         if pending:
             logger.info("recovered_messages", count=len(pending))
         return len(pending)
@@ -173,15 +173,19 @@ class Engine:
         Safe to run again for the same job: a stored reply is delivered, never regenerated,
         and a delivered one is not sent twice.
         """
-        message = await self._store.get_message(job.message_id)
-        if message is None:
-            logger.warning("job_for_unknown_message", message_id=job.message_id)
-            return
-        existing = await self._store.reply_for(message.id)
-        if existing is not None:
-            if not existing.delivered:
-                await self._deliver(existing)
-            return
+        if job.message is not None and job.attempt == 1:
+            message = job.message  # fresh from accept: no reply can exist yet
+        else:
+            found = await self._store.get_message(job.message_id)
+            if found is None:
+                logger.warning("job_for_unknown_message", message_id=job.message_id)
+                return
+            message = found
+            existing = await self._store.reply_for(message.id)
+            if existing is not None:
+                if not existing.delivered:
+                    await self._deliver(existing)
+                return
         if message.status is MessageStatus.RATE_LIMITED:
             await self._notify_rate_limited(message)
         elif message.command is not None:
@@ -204,8 +208,15 @@ class Engine:
         except Exception as exc:
             logger.error("apology_undelivered", message_id=message.id, error=repr(exc))
 
-    async def _enqueue(self, message: StoredMessage) -> None:
-        await self._queue.put(Job(message.id, message.conversation_id, message.request_id))
+    async def _enqueue(self, message: StoredMessage, *, fresh: bool = True) -> None:
+        await self._queue.put(
+            Job(
+                message.id,
+                message.conversation_id,
+                message.request_id,
+                message=message if fresh else None,
+            )
+        )
 
     def _sender(self, message: StoredMessage) -> Sender:
         try:
@@ -224,7 +235,8 @@ class Engine:
         model_seconds = 0.0
         async with self._sender(message).reply_stream(message) as stream:
             try:
-                completion = await self._responder.complete(prompt, on_delta=stream.delta)
+                on_delta = stream.delta if stream.live else None
+                completion = await self._responder.complete(prompt, on_delta=on_delta)
                 model_seconds = completion.latency_ms / 1000
                 if not completion.text.strip():
                     raise ModelUnavailable("the model returned an empty answer")
@@ -258,7 +270,8 @@ class Engine:
         # would mislead the model.
         start = len(history)
         while start >= 2:
-            cost = count_tokens(history[start - 2].content) + count_tokens(history[start - 1].content)
+            question, answer = history[start - 2], history[start - 1]
+            cost = count_tokens(question.content) + count_tokens(answer.content)
             if cost > budget:
                 break
             budget -= cost

@@ -158,6 +158,11 @@ class Responder(Protocol):
 class ReplyStream(Protocol):
     """One reply on its way out: text as it is generated, then the stored reply."""
 
+    @property
+    def live(self) -> bool:
+        """Whether someone watches the text arrive; if not, no deltas are produced."""
+        ...
+
     async def delta(self, text: str) -> None:
         """Pass on a piece of the reply as the model generates it."""
         ...
@@ -187,6 +192,9 @@ class Job:
     conversation_id: int
     request_id: str | None = None
     attempt: int = 1
+    # The message as just accepted, when the job never ran before: the worker then needs
+    # not read it back. Jobs recovered, retried or read from a shared queue carry none.
+    message: StoredMessage | None = field(default=None, compare=False, repr=False)
 
 
 class Queue(Protocol):

@@ -13,7 +13,8 @@ from bot.ports import ReplyStream, Sender
 class RecordingSender:
     """Records every delivered reply; fails the first ``fail_times`` deliveries."""
 
-    def __init__(self, fail_times: int = 0) -> None:
+    def __init__(self, fail_times: int = 0, *, live: bool = True) -> None:
+        self.live = live
         self.delivered: list[Reply] = []
         self.deltas: dict[int, list[str]] = {}
         self.attempts = 0
@@ -29,23 +30,31 @@ class RecordingSender:
             await self.changed.wait_for(lambda: len(self.delivered) >= count)
         return self.delivered
 
+    async def wait_for_attempts(self, count: int, seconds: float = 10.0) -> None:
+        async with asyncio.timeout(seconds), self.changed:
+            await self.changed.wait_for(lambda: self.attempts >= count)
+
 
 class _Stream:
     def __init__(self, sender: RecordingSender, message: StoredMessage) -> None:
         self._sender = sender
         self._message = message
 
+    @property
+    def live(self) -> bool:
+        return self._sender.live
+
     async def delta(self, text: str) -> None:
         self._sender.deltas.setdefault(self._message.id, []).append(text)
 
     async def finish(self, reply: Reply) -> None:
-        self._sender.attempts += 1
-        if self._sender.fail_times > 0:
-            self._sender.fail_times -= 1
-            raise ConnectionError("the platform is down")
         async with self._sender.changed:
-            self._sender.delivered.append(reply)
+            self._sender.attempts += 1
             self._sender.changed.notify_all()
+            if self._sender.fail_times > 0:
+                self._sender.fail_times -= 1
+                raise ConnectionError("the platform is down")
+            self._sender.delivered.append(reply)
 
 
 _: type[Sender] = RecordingSender

@@ -42,7 +42,11 @@ async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
     db = create_engine(sqlite_url, 5)
     store = SqlConversationStore(create_sessionmaker(db))
     responder = OpenAIResponder(
-        model="gpt-test", base_url=fake.base_url, max_attempts=2, backoff_base=0.01, backoff_max=0.02
+        model="gpt-test",
+        base_url=fake.base_url,
+        max_attempts=2,
+        backoff_base=0.01,
+        backoff_max=0.02,
     )
     queue = MemoryQueue()
     engine = Engine(
@@ -66,7 +70,9 @@ async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
 
 
 def inbound(text: str, conversation: str = "c1", **extra: object) -> InboundMessage:
-    return InboundMessage(platform="test", conversation_key=conversation, user_id="u1", text=text, **extra)  # type: ignore[arg-type]
+    return InboundMessage(
+        platform="test", conversation_key=conversation, user_id="u1", text=text, **extra
+    )  # type: ignore[arg-type]
 
 
 async def test_queue_hands_out_one_job_per_conversation_in_order() -> None:
@@ -113,8 +119,7 @@ async def test_undelivered_reply_is_redelivered_without_asking_the_model_again(r
 async def test_reply_undeliverable_after_every_attempt_is_delivered_on_recovery(rig: Rig) -> None:
     rig.sender.fail_times = 3  # the worker's three attempts all fail
     accepted = await rig.engine.accept(inbound("unlucky"))
-    while rig.sender.attempts < 3:
-        await asyncio.sleep(0.02)
+    await rig.sender.wait_for_attempts(3)
     await asyncio.sleep(0.1)
     assert rig.sender.delivered == []
     message = await rig.store.get_message(accepted.message_id)

@@ -276,3 +276,18 @@ async def test_redis_that_does_not_answer_times_out() -> None:
         await server.wait_closed()
 
     assert time.monotonic() - started < 2
+
+
+async def test_memory_limiter_forgets_users_whose_windows_have_passed() -> None:
+    from bot.ratelimit import _SweptMemoryStorage
+
+    storage = _SweptMemoryStorage()
+    storage.SWEEP_SECONDS = 0.0
+    limiter = LimitsRateLimiter([(2, "second")], storage)
+    for user in ("a", "b", "c"):
+        assert (await limiter.hit(user)).allowed
+    assert {key.split("/")[1] for key in storage.events} == {"a", "b", "c"}
+    await asyncio.sleep(1.1)
+    assert (await limiter.hit("d")).allowed  # a hit sweeps what expired meanwhile
+    users = {key.split("/")[1] for key in storage.events}
+    assert users == {"d"}
