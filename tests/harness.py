@@ -116,5 +116,3 @@ class Receiver:
         async with asyncio.timeout(seconds), self.arrived:
             await self.arrived.wait_for(lambda: len(self.received) >= count)
         return [orjson.loads(body) for _, body in self.received]
-
-
