@@ -24,7 +24,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 logger = structlog.get_logger(__name__)
@@ -127,7 +128,8 @@ class CallbackPoster:
         payload = orjson.dumps(body)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(initial=self._backoff_initial, max=self._backoff_max),
+            wait=wait_exponential(multiplier=self._backoff_initial, max=self._backoff_max)
+            + wait_random(0, self._backoff_initial),
             retry=retry_if_exception_type(_Retryable),
             reraise=True,
         )

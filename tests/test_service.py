@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
 
 from storage.db import create_engine, create_sessionmaker
@@ -203,3 +208,56 @@ def test_help_explains_each_command() -> None:
     serve = _zapa("serve", "--help", env={})
     assert "--no-worker" in serve.stdout
     assert "--port" in serve.stdout
+
+
+async def test_serve_on_embedded_defaults_answers_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "OPENAI_", "REDIS_"))
+    }
+    env.update({"WEBHOOK_TOKEN": "cli-token", "LOG_FORMAT": "json"})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with http.get(f"{base}/health") as health:
+                            if health.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)
+            async with http.post(
+                f"{base}/webhooks/generic",
+                json=message("first words"),
+                headers={"Authorization": "Bearer cli-token"},
+            ) as response:
+                assert response.status == 200
+                body = await response.json()
+        assert "first words" in body["reply"]
+        assert (tmp_path / "zapa.db").exists()  # the embedded default, migrated on start
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    lines = [orjson.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "request" and line.get("request_id") for line in lines)
