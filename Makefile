@@ -21,7 +21,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-serve: $(STAMP_RUN) ## run the web process (webhooks, admin UI, in-process worker)
+serve: $(STAMP_RUN) ## run the service on its embedded defaults (SQLite, in-process queue)
 	$(BIN)/zapa serve $(SERVE_ARGS)
 
 test: $(STAMP_DEV) ## run the tests with coverage; starts throwaway Postgres/Redis if none run

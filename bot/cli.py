@@ -97,9 +97,12 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, no_worker:
 
     from bot.app import create_app
 
-    if no_worker and settings.redis_url is None:
+    if no_worker:
+        # A pure web process needs workers elsewhere, consuming a queue shared through Redis;
+        # until that queue exists, accepting without answering would strand every message.
         print(
-            "zapa: --no-worker needs REDIS_URL: replies are sent by separate workers",
+            "zapa: --no-worker needs the shared Redis reply queue and `zapa worker`, "
+            "which this version does not have yet; run `zapa serve` without it",
             file=sys.stderr,
         )
         return 2
