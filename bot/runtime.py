@@ -18,7 +18,7 @@ from bot.ports import ConversationStore, RateLimiter, Responder
 from bot.queue import MemoryQueue
 from bot.ratelimit import build_rate_limiter
 from config import Settings
-from storage.db import create_engine, create_sessionmaker
+from storage.db import open_database
 from storage.migrate import upgrade_head
 from storage.repository import SqlConversationStore
 
@@ -53,9 +53,9 @@ async def open_runtime(settings: Settings, *, migrate: bool = False) -> AsyncIte
     async with AsyncExitStack() as stack:
         if migrate:
             await asyncio.to_thread(upgrade_head, settings.database_url)
-        db = create_engine(settings.database_url, settings.database_pool_size)
+        db = open_database(settings.database_url, settings.database_pool_size)
         stack.push_async_callback(db.dispose)
-        store = SqlConversationStore(create_sessionmaker(db))
+        store = SqlConversationStore(db)
 
         redis: aioredis.Redis | None = None
         if settings.redis_url is not None:

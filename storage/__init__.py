@@ -1,5 +1,6 @@
 """Durable storage: SQLAlchemy models, the SQL conversation store and Alembic migrations.
 
-Import the parts from their modules: ``storage.db`` (engines and sessions),
-``storage.repository`` (``SqlConversationStore``), ``storage.migrate`` (``upgrade_head``).
+Import the parts from their modules: ``storage.db`` (``open_database``, which runs units
+of database work), ``storage.repository`` (``SqlConversationStore``), ``storage.migrate``
+(``upgrade_head``).
 """

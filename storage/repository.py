@@ -1,27 +1,44 @@
 """``SqlConversationStore``: the engine's :class:`bot.ports.ConversationStore` in SQL.
 
-This is the hot path of every turn, so each method is one short transaction (or one
-autocommitted read) of a few indexed statements, and every statement is built once, at
-import, with bound parameters: SQLAlchemy then reuses its compiled form and the store
-spends its time in the database rather than in building SQL. Connection failures become
-:class:`bot.errors.DependencyUnavailable`, so the web layer answers 503 and the platform
-retries later.
+This is the hot path of every turn, so each method is one unit of work of a few indexed
+statements, and every statement is built once, at import, with bound parameters:
+SQLAlchemy then reuses its compiled form and the store spends its time in the database
+rather than in building SQL.
+
+On PostgreSQL every method is a single statement in autocommit mode, one round trip:
+storing a message (user, conversation, message and event id) and storing a reply (the
+reply, and the turn's new status) are each one statement of data-modifying CTEs, atomic
+on their own. SQLite has no such CTEs, but runs its statements in-process for a few
+microseconds each, so there those two are short transactions of several statements.
+Connection failures become :class:`bot.errors.DependencyUnavailable`, so the web layer
+answers 503 and the platform retries later.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import Integer, Table, bindparam, func, insert, select, text, union, update
+from sqlalchemy import (
+    Integer,
+    Table,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    true,
+    union,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.sql.dml import Insert, ReturningInsert
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql.dml import ReturningInsert
 
 from bot.errors import DependencyUnavailable, DuplicateEvent
 from bot.messages import (
@@ -35,7 +52,7 @@ from bot.messages import (
     Usage,
 )
 from bot.ports import NewReply
-from storage.db import as_unavailable
+from storage.db import Database
 from storage.models import (
     RECEIVED_PREDICATE,
     UNDELIVERED_PREDICATE,
@@ -51,7 +68,6 @@ logger = structlog.get_logger(__name__)
 
 _USER = Role.USER.value
 _ASSISTANT = Role.ASSISTANT.value
-_RECEIVED = MessageStatus.RECEIVED.value
 _ANSWERED = MessageStatus.ANSWERED.value
 
 # Attempts to claim an event id whose first message keeps vanishing (erased meanwhile).
@@ -66,6 +82,21 @@ _replies = _messages.alias("reply")
 
 def _now(name: str = "now") -> Any:
     return bindparam(name, type_=UtcDateTime())
+
+
+def _new(column: str, table: Table) -> Any:
+    """The bound parameter ``new_<column>``: a value to write into ``table.<column>``.
+
+    Typed like the column, for asyncpg's casts, and named apart from it: when a statement
+    writes a table, SQLAlchemy takes every execution parameter named like one of its
+    columns for a value to write there too (also inside a CTE).
+    """
+    return bindparam(f"new_{column}", type_=table.c[column].type)
+
+
+def _prefixed(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` keyed for :func:`_new`'s parameters."""
+    return {f"new_{column}": value for column, value in values.items()}
 
 
 # The columns a StoredMessage is built from, over messages ⋈ conversations ⋈ users.
@@ -133,34 +164,12 @@ _HISTORY = (
     .limit(bindparam("limit", type_=Integer()))
 )
 
-_INSERT_MESSAGE: ReturningInsert[Any] = insert(_messages).returning(_messages.c.id)
-
 _EXISTING_REPLY = select(*_REPLY_COLUMNS).where(_replies.c.reply_to_id == bindparam("inbound_id"))
-
-_CLOSE_TURN = (
-    update(_messages)
-    .where(_messages.c.id == bindparam("inbound_id"))
-    .values(status=bindparam("new_status"), updated_at=_now())
-)
 
 _REPLY_FOR = (
     select(*_REPLY_COLUMNS, *_INBOUND_COLUMNS)
     .select_from(_replies.join(_INBOUND_FROM, _replies.c.reply_to_id == _messages.c.id))
     .where(_replies.c.reply_to_id == bindparam("inbound_id"))
-)
-
-_MARK_DELIVERED = (
-    update(_messages)
-    .where(_messages.c.id == bindparam("reply_id"), _messages.c.delivered_at.is_(None))
-    .values(delivered_at=_now(), updated_at=_now())
-)
-
-# The reset command's own id is the boundary: every question before it was answered
-# before it (a conversation is answered in order), every question after it is new context.
-_RESET_CONTEXT = (
-    update(_conversations)
-    .where(_conversations.c.id == bindparam("target_id"))
-    .values(context_since=bindparam("message_id"), updated_at=_now())
 )
 
 _UNFINISHED = (
@@ -182,56 +191,201 @@ _UNFINISHED = (
     .limit(bindparam("limit", type_=Integer()))
 )
 
+
 _PING = select(1)
 
+# Writes. A new message comes as its fields (platform, platform_user_id, name,
+# external_key, event_id, and the message's own columns below), the time, and the
+# cutoff: an event id stored before then is taken over. A reply comes as its row.
+_MESSAGE_COLUMNS = (
+    "role",
+    "text",
+    "status",
+    "command",
+    "platform_message_id",
+    "route",
+    "request_id",
+)
+_REPLY_ROW_COLUMNS = (
+    "conversation_id",
+    "role",
+    "text",
+    "status",
+    "command",
+    "reply_to_id",
+    "route",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "created_at",
+    "updated_at",
+)
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Upserts:
-    """The statements that need the dialect's ``INSERT … ON CONFLICT``."""
+_CLOSE_TURN = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("inbound_id"))
+    .values(status=bindparam("new_status"), updated_at=_now())
+)
 
-    user: ReturningInsert[Any]
-    conversation: ReturningInsert[Any]
-    event: ReturningInsert[Any]
-    reply: ReturningInsert[Any]
+_MARK_DELIVERED = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("reply_id"), _messages.c.delivered_at.is_(None))
+    .values(delivered_at=_now(), updated_at=_now())
+)
+
+# The reset command's own id is the boundary: every question before it was answered
+# before it (a conversation is answered in order), every question after it is new context.
+_RESET_CONTEXT = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("target_id"))
+    .values(context_since=bindparam("message_id"), updated_at=_now())
+)
+
+_Insert = postgresql.Insert | sqlite.Insert
 
 
-@functools.cache
-def _upserts(dialect: str) -> _Upserts:
-    def insert_into(table: Table) -> postgresql.Insert | sqlite.Insert:
-        return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+def _user_upsert(statement: _Insert) -> ReturningInsert[Any]:
+    # A message without a user name keeps the name stored before.
+    return statement.on_conflict_do_update(
+        index_elements=[_users.c.platform, _users.c.platform_user_id],
+        set_={
+            "last_seen_at": statement.excluded.last_seen_at,
+            "name": func.coalesce(statement.excluded.name, _users.c.name),
+        },
+    ).returning(_users.c.id)
 
-    user = insert_into(_users)
-    conversation = insert_into(_conversations)
-    event = insert_into(_events)
-    reply: Insert = insert_into(_messages).on_conflict_do_nothing(
-        index_elements=[_messages.c.reply_to_id]
+
+def _conversation_upsert(statement: _Insert) -> ReturningInsert[Any]:
+    # DO UPDATE rather than DO NOTHING + SELECT: one atomic statement returns the id even
+    # when a concurrent request created the row a moment ago.
+    return statement.on_conflict_do_update(
+        index_elements=[_conversations.c.platform, _conversations.c.external_key],
+        set_={"updated_at": statement.excluded.updated_at},
+    ).returning(_conversations.c.id)
+
+
+def _event_claim(statement: _Insert, returning: Any) -> ReturningInsert[Any]:
+    # Takes over an expired event id; a recent one (also one that a concurrent delivery
+    # just committed) is left alone and no row comes back.
+    return statement.on_conflict_do_update(
+        index_elements=[_events.c.platform, _events.c.event_id],
+        set_={
+            "message_id": statement.excluded.message_id,
+            "created_at": statement.excluded.created_at,
+        },
+        where=_events.c.created_at <= _now("cutoff"),
+    ).returning(returning)
+
+
+# SQLite: one statement after another, in one transaction, each given exactly its row.
+_SQLITE_USER = _user_upsert(sqlite.insert(_users))
+_SQLITE_CONVERSATION = _conversation_upsert(sqlite.insert(_conversations))
+_SQLITE_MESSAGE: ReturningInsert[Any] = insert(_messages).returning(_messages.c.id)
+_SQLITE_EVENT = _event_claim(sqlite.insert(_events), _events.c.id)
+_SQLITE_REPLY = (
+    sqlite.insert(_messages)
+    .on_conflict_do_nothing(index_elements=[_messages.c.reply_to_id])
+    .returning(_messages.c.id)
+)
+
+
+def _postgres_store_inbound(*, with_event: bool) -> ReturningInsert[Any]:
+    """PostgreSQL's one statement that stores a message: user, conversation, message, event.
+
+    The CTEs run in a chain (claimed event → user → conversation → message), each fed by
+    the one before, so rows are locked in the same order by every caller, and when the
+    event id is taken, the chain is empty: nothing is written and no row comes back. The
+    claim comes first and reserves the message's id from its sequence; the foreign key to
+    the message is checked at the end of the statement, when the message exists.
+    """
+    now = _now()
+    head: Any = None
+    if with_event:
+        claim = postgresql.insert(_events).from_select(
+            ["platform", "event_id", "message_id", "created_at"],
+            select(
+                _new("platform", _events),
+                _new("event_id", _events),
+                literal_column(
+                    f"nextval(pg_get_serial_sequence('{_messages.name}', 'id'))",
+                    _messages.c.id.type,
+                ),
+                now,
+            ),
+            include_defaults=False,
+        )
+        head = _event_claim(claim, _events.c.message_id).cte("claimed")
+
+    user_values = select(
+        _new("platform", _users),
+        _new("platform_user_id", _users),
+        _new("name", _users),
+        now,
+        now,
     )
-    return _Upserts(
-        user=user.on_conflict_do_update(
-            index_elements=[_users.c.platform, _users.c.platform_user_id],
-            set_={
-                "last_seen_at": user.excluded.last_seen_at,
-                "name": func.coalesce(user.excluded.name, _users.c.name),
-            },
-        ).returning(_users.c.id),
-        # DO UPDATE rather than DO NOTHING + SELECT: one atomic statement returns the id
-        # even when a concurrent request created the row a moment ago.
-        conversation=conversation.on_conflict_do_update(
-            index_elements=[_conversations.c.platform, _conversations.c.external_key],
-            set_={"updated_at": conversation.excluded.updated_at},
-        ).returning(_conversations.c.id),
-        # Takes over an expired event id; a recent one (also one that a concurrent
-        # delivery just committed) is left alone and no row comes back.
-        event=event.on_conflict_do_update(
-            index_elements=[_events.c.platform, _events.c.event_id],
-            set_={
-                "message_id": event.excluded.message_id,
-                "created_at": event.excluded.created_at,
-            },
-            where=_events.c.created_at <= _now("cutoff"),
-        ).returning(_events.c.id),
-        reply=reply.returning(_messages.c.id),
+    user = _user_upsert(
+        postgresql.insert(_users).from_select(
+            ["platform", "platform_user_id", "name", "created_at", "last_seen_at"],
+            user_values if head is None else user_values.select_from(head),
+            include_defaults=False,
+        )
+    ).cte("user_row")
+    conversation = _conversation_upsert(
+        postgresql.insert(_conversations).from_select(
+            ["platform", "external_key", "created_at", "updated_at"],
+            select(
+                _new("platform", _conversations),
+                _new("external_key", _conversations),
+                now,
+                now,
+            ).select_from(user),
+            include_defaults=False,
+        )
+    ).cte("conversation_row")
+
+    columns = ["conversation_id", "user_id", *_MESSAGE_COLUMNS, "created_at", "updated_at"]
+    values = [
+        conversation.c.id,
+        user.c.id,
+        *(_new(name, _messages) for name in _MESSAGE_COLUMNS),
+        now,
+        now,
+    ]
+    source = user.join(conversation, true())
+    if head is not None:
+        columns.insert(0, "id")
+        values.insert(0, head.c.message_id)
+        source = head.join(user, true()).join(conversation, true())
+    return (
+        insert(_messages)
+        .from_select(columns, select(*values).select_from(source), include_defaults=False)
+        .returning(_messages.c.id, _messages.c.conversation_id, _messages.c.user_id)
     )
+
+
+_POSTGRES_STORE_INBOUND = _postgres_store_inbound(with_event=False)
+_POSTGRES_STORE_INBOUND_WITH_EVENT = _postgres_store_inbound(with_event=True)
+
+
+def _postgres_save_reply() -> Select[Any]:
+    """PostgreSQL's one statement that stores a reply and closes the turn.
+
+    No row comes back when the turn already has a reply; then nothing changes. The turn
+    takes the reply's status: both are the parameter ``new_status``.
+    """
+    reply = (
+        postgresql.insert(_messages)
+        .values({name: _new(name, _messages) for name in _REPLY_ROW_COLUMNS})
+        .on_conflict_do_nothing(index_elements=[_messages.c.reply_to_id])
+        .returning(_messages.c.id)
+        .cte("reply_row")
+    )
+    closed = _CLOSE_TURN.where(exists(reply.select())).cte("closed")
+    return select(reply.c.id).add_cte(closed)
+
+
+_POSTGRES_SAVE_REPLY = _postgres_save_reply()
 
 
 class _EventTaken(Exception):
@@ -242,34 +396,140 @@ class _EventTaken(Exception):
         self.event_id = event_id
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Ids:
+    message_id: int
+    conversation_id: int
+    user_id: int
+
+
+# Units of work: synchronous functions of a connection, run by storage.db.Database.
+
+
+def _store_inbound_sqlite(
+    connection: Connection, fields: dict[str, Any], now: datetime, cutoff: datetime
+) -> _Ids:
+    user = {
+        "platform": fields["platform"],
+        "platform_user_id": fields["platform_user_id"],
+        "name": fields["name"],
+        "created_at": now,
+        "last_seen_at": now,
+    }
+    user_id = connection.execute(_SQLITE_USER, user).scalar_one()
+    conversation = {
+        "platform": fields["platform"],
+        "external_key": fields["external_key"],
+        "created_at": now,
+        "updated_at": now,
+    }
+    conversation_id = connection.execute(_SQLITE_CONVERSATION, conversation).scalar_one()
+    message = {name: fields[name] for name in _MESSAGE_COLUMNS}
+    message.update(conversation_id=conversation_id, user_id=user_id, created_at=now, updated_at=now)
+    message_id = connection.execute(_SQLITE_MESSAGE, message).scalar_one()
+    if fields["event_id"] is not None:
+        event = {
+            "platform": fields["platform"],
+            "event_id": fields["event_id"],
+            "message_id": message_id,
+            "created_at": now,
+            "cutoff": cutoff,
+        }
+        if connection.execute(_SQLITE_EVENT, event).first() is None:
+            raise _EventTaken(fields["event_id"])
+    return _Ids(message_id, conversation_id, user_id)
+
+
+def _store_inbound_postgres(
+    connection: Connection, fields: dict[str, Any], now: datetime, cutoff: datetime
+) -> _Ids:
+    if fields["event_id"] is None:
+        statement = _POSTGRES_STORE_INBOUND
+    else:
+        statement = _POSTGRES_STORE_INBOUND_WITH_EVENT
+    parameters = {**_prefixed(fields), "now": now, "cutoff": cutoff}
+    row = connection.execute(statement, parameters).one_or_none()
+    if row is None:  # only with an event id: a recent delivery holds it
+        raise _EventTaken(fields["event_id"])
+    return _Ids(row.id, row.conversation_id, row.user_id)
+
+
+def _save_reply_sqlite(
+    connection: Connection, row: dict[str, Any], closing: dict[str, Any]
+) -> int | None:
+    reply_id = connection.execute(_SQLITE_REPLY, row).scalar_one_or_none()
+    if reply_id is not None:
+        connection.execute(_CLOSE_TURN, closing)
+    return reply_id
+
+
+def _save_reply_postgres(
+    connection: Connection, row: dict[str, Any], closing: dict[str, Any]
+) -> int | None:
+    parameters = {**_prefixed(row), **closing}
+    return connection.execute(_POSTGRES_SAVE_REPLY, parameters).scalar_one_or_none()
+
+
+def _event(connection: Connection, platform: str, event_id: str) -> Any:
+    return connection.execute(_EVENT, {"platform": platform, "event_id": event_id}).one_or_none()
+
+
+def _get_message(connection: Connection, message_id: int) -> StoredMessage | None:
+    row = connection.execute(_GET_MESSAGE, {"message_id": message_id}).one_or_none()
+    return None if row is None else _stored(row)
+
+
+def _history(connection: Connection, parameters: dict[str, Any]) -> list[ChatTurn]:
+    rows = connection.execute(_HISTORY, parameters).all()
+    turns: list[ChatTurn] = []
+    for row in reversed(rows):
+        turns += (ChatTurn(Role.USER, row.question), ChatTurn(Role.ASSISTANT, row.answer))
+    return turns
+
+
+def _existing_reply(connection: Connection, inbound: StoredMessage) -> Reply:
+    row = connection.execute(_EXISTING_REPLY, {"inbound_id": inbound.id}).one()
+    return _reply(row, inbound)
+
+
+def _reply_for(connection: Connection, inbound_id: int) -> Reply | None:
+    row = connection.execute(_REPLY_FOR, {"inbound_id": inbound_id}).one_or_none()
+    return None if row is None else _reply(row, _stored(row))
+
+
+def _execute(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> None:
+    connection.execute(statement, parameters)
+
+
+def _unfinished(connection: Connection, limit: int) -> list[StoredMessage]:
+    return [_stored(row) for row in connection.execute(_UNFINISHED, {"limit": limit})]
+
+
+def _ping(connection: Connection) -> None:
+    connection.execute(_PING)
+
+
 class SqlConversationStore:
     """Users, conversations, messages and inbound events in PostgreSQL or SQLite.
 
-    Statements run as Core on the session maker's engine: the store needs no identity
-    map, and skipping the ORM session saves a measurable share of each hot-path call.
+    Statements run as Core: the store needs no identity map, and skipping the ORM saves a
+    measurable share of each hot-path call.
 
     Args:
-        sessions: a session maker bound to an engine from :func:`storage.db.create_engine`.
+        database: from :func:`storage.db.open_database`; the caller disposes of it.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        bind = sessions.kw.get("bind")
-        if not isinstance(bind, AsyncEngine):
-            raise TypeError("the session maker must be bound to an AsyncEngine")
-        postgres = bind.dialect.name == "postgresql"
-        self._engine = bind
-        # Reads are single statements. On PostgreSQL autocommit spares them the BEGIN and
-        # ROLLBACK round trips; SQLite's driver already runs them outside a transaction.
-        self._reader = bind.execution_options(isolation_level="AUTOCOMMIT") if postgres else bind
-        self._upserts = _upserts(bind.dialect.name)
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._postgres = database.dialect_name == "postgresql"
 
     async def find_event(self, platform: str, event_id: str, within_seconds: float) -> int | None:
         """The id of the message first delivered with this event id, if that was recent.
 
         A cheap read ahead of the rate limiter; :meth:`store_inbound` claims the id again
-        inside its transaction, so a race between two deliveries is still caught there.
+        when it writes, so a race between two deliveries is still caught there.
         """
-        row = await self._event(platform, event_id)
+        row = await self._db.run(_event, platform, event_id)
         if row is None or row.created_at <= utcnow() - timedelta(seconds=within_seconds):
             return None
         return int(row.message_id)
@@ -277,7 +537,7 @@ class SqlConversationStore:
     async def store_inbound(
         self, message: InboundMessage, status: MessageStatus, *, dedup_seconds: float
     ) -> StoredMessage:
-        """Store the user, the conversation and the message in one transaction.
+        """Store the user, the conversation and the message, all or nothing.
 
         Raises:
             DuplicateEvent: ``message.event_id`` was stored for the platform within
@@ -285,21 +545,55 @@ class SqlConversationStore:
                 is written.
             DependencyUnavailable: the database cannot be reached.
         """
+        now = utcnow()
+        cutoff = now - timedelta(seconds=dedup_seconds)
+        text = _clean(message.text)
+        fields: dict[str, Any] = {
+            "platform": message.platform,
+            "platform_user_id": message.user_id,
+            "name": _clean(message.user_name) if message.user_name is not None else None,
+            "external_key": message.conversation_key,
+            "event_id": message.event_id,
+            "role": _USER,
+            "text": text,
+            "status": status.value,
+            "command": message.command.value if message.command else None,
+            "platform_message_id": message.platform_message_id,
+            "route": dict(message.route),
+            "request_id": message.request_id,
+        }
         for _ in range(_CLAIM_ATTEMPTS):
             try:
-                return await self._store_inbound(message, status, dedup_seconds)
+                if self._postgres:
+                    ids = await self._db.run(_store_inbound_postgres, fields, now, cutoff)
+                else:
+                    ids = await self._db.transaction(_store_inbound_sqlite, fields, now, cutoff)
+                break
             except _EventTaken as taken:
-                first = await self._event(message.platform, taken.event_id)
+                first = await self._db.run(_event, message.platform, taken.event_id)
                 if first is not None:
                     raise DuplicateEvent(int(first.message_id)) from None
-        raise DependencyUnavailable("database", "the event id could not be claimed")
+        else:
+            raise DependencyUnavailable("database", "the event id could not be claimed")
+        return StoredMessage(
+            id=ids.message_id,
+            conversation_id=ids.conversation_id,
+            user_id=ids.user_id,
+            platform=message.platform,
+            conversation_key=message.conversation_key,
+            platform_user_id=message.user_id,
+            text=text,
+            status=status,
+            created_at=now,
+            command=message.command,
+            platform_message_id=message.platform_message_id,
+            route=fields["route"],
+            request_id=message.request_id,
+        )
 
     async def get_message(self, message_id: int) -> StoredMessage | None:
         """The user message with that id, or ``None`` (also for an assistant reply's id)."""
-        async with self._read() as connection:
-            result = await connection.execute(_GET_MESSAGE, {"message_id": message_id})
-            row = result.one_or_none()
-        return None if row is None else _stored(row)
+        return await self._db.run(_get_message, message_id)
 
     async def history(self, message: StoredMessage, limit: int) -> list[ChatTurn]:
         """Up to ``limit`` newest answered turns before ``message``, oldest first.
@@ -314,12 +608,7 @@ class SqlConversationStore:
             "before": message.id,
             "limit": max(1, limit // 2),
         }
-        async with self._read() as connection:
-            rows = (await connection.execute(_HISTORY, parameters)).all()
-        turns: list[ChatTurn] = []
-        for row in reversed(rows):
-            turns += (ChatTurn(Role.USER, row.question), ChatTurn(Role.ASSISTANT, row.answer))
-        return turns
+        return await self._db.run(_history, parameters)
 
     async def save_reply(self, inbound: StoredMessage, reply: NewReply) -> Reply:
         """Store the reply and close the inbound message's turn with ``reply.status``.
@@ -331,7 +620,6 @@ class SqlConversationStore:
         text = _clean(reply.text)
         row: dict[str, Any] = {
             "conversation_id": inbound.conversation_id,
-            "user_id": None,
             "role": _ASSISTANT,
             "text": text,
             "status": reply.status.value,
@@ -346,15 +634,13 @@ class SqlConversationStore:
             "created_at": now,
             "updated_at": now,
         }
-        async with self._write() as connection:
-            reply_id = (await connection.execute(self._upserts.reply, row)).scalar_one_or_none()
-            if reply_id is None:
-                existing = await connection.execute(_EXISTING_REPLY, {"inbound_id": inbound.id})
-                return _reply(existing.one(), inbound)
-            await connection.execute(
-                _CLOSE_TURN,
-                {"inbound_id": inbound.id, "new_status": reply.status.value, "now": now},
-            )
+        closing = {"inbound_id": inbound.id, "new_status": reply.status.value, "now": now}
+        if self._postgres:
+            reply_id = await self._db.run(_save_reply_postgres, row, closing)
+        else:
+            reply_id = await self._db.transaction(_save_reply_sqlite, row, closing)
+        if reply_id is None:
+            return await self._db.run(_existing_reply, inbound)
         return Reply(
             id=reply_id,
             inbound=dataclasses.replace(inbound, status=reply.status),
@@ -367,14 +653,11 @@ class SqlConversationStore:
 
     async def reply_for(self, inbound_id: int) -> Reply | None:
         """The stored reply to an inbound message, or ``None`` while the turn is open."""
-        async with self._read() as connection:
-            row = (await connection.execute(_REPLY_FOR, {"inbound_id": inbound_id})).one_or_none()
-        return None if row is None else _reply(row, _stored(row))
+        return await self._db.run(_reply_for, inbound_id)
 
     async def mark_delivered(self, reply_id: int) -> None:
         """Record that the platform has the reply; the first delivery time is kept."""
-        async with self._write() as connection:
-            await connection.execute(_MARK_DELIVERED, {"reply_id": reply_id, "now": utcnow()})
+        await self._db.run(_execute, _MARK_DELIVERED, {"reply_id": reply_id, "now": utcnow()})
 
     async def reset_context(self, command: StoredMessage) -> None:
         """Start a fresh context after ``command``: earlier messages leave the prompt.
@@ -382,115 +665,16 @@ class SqlConversationStore:
         Messages that arrived after the command stay in the new context, even when they
         were stored before the command was processed.
         """
-        async with self._write() as connection:
-            await connection.execute(
-                _RESET_CONTEXT,
-                {"target_id": command.conversation_id, "message_id": command.id, "now": utcnow()},
-            )
+        parameters = {"target_id": command.conversation_id, "message_id": command.id}
+        await self._db.run(_execute, _RESET_CONTEXT, {**parameters, "now": utcnow()})
 
     async def unfinished(self, limit: int) -> list[StoredMessage]:
         """User messages not answered yet, or answered but not delivered; oldest first."""
-        async with self._read() as connection:
-            rows = (await connection.execute(_UNFINISHED, {"limit": limit})).all()
-        return [_stored(row) for row in rows]
+        return await self._db.run(_unfinished, limit)
 
     async def ping(self) -> None:
         """Raise :class:`bot.errors.DependencyUnavailable` when the database is unreachable."""
-        async with self._read() as connection:
-            await connection.execute(_PING)
-
-    async def _store_inbound(
-        self, message: InboundMessage, status: MessageStatus, dedup_seconds: float
-    ) -> StoredMessage:
-        now = utcnow()
-        text = _clean(message.text)
-        async with self._write() as connection:
-            user = {
-                "platform": message.platform,
-                "platform_user_id": message.user_id,
-                "name": _clean(message.user_name) if message.user_name is not None else None,
-                "created_at": now,
-                "last_seen_at": now,
-            }
-            user_id = int((await connection.execute(self._upserts.user, user)).scalar_one())
-            conversation = {
-                "platform": message.platform,
-                "external_key": message.conversation_key,
-                "created_at": now,
-                "updated_at": now,
-            }
-            conversation_id = int(
-                (await connection.execute(self._upserts.conversation, conversation)).scalar_one()
-            )
-            row: dict[str, Any] = {
-                "conversation_id": conversation_id,
-                "user_id": user_id,
-                "role": _USER,
-                "text": text,
-                "status": status.value,
-                "command": message.command.value if message.command else None,
-                "reply_to_id": None,
-                "platform_message_id": message.platform_message_id,
-                "route": dict(message.route),
-                "request_id": message.request_id,
-                "created_at": now,
-                "updated_at": now,
-            }
-            message_id = int((await connection.execute(_INSERT_MESSAGE, row)).scalar_one())
-            if message.event_id is not None:
-                event = {
-                    "platform": message.platform,
-                    "event_id": message.event_id,
-                    "message_id": message_id,
-                    "created_at": now,
-                    "cutoff": now - timedelta(seconds=dedup_seconds),
-                }
-                claimed = await connection.execute(self._upserts.event, event)
-                if claimed.first() is None:
-                    raise _EventTaken(message.event_id)
-
-        return StoredMessage(
-            id=message_id,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            platform=message.platform,
-            conversation_key=message.conversation_key,
-            platform_user_id=message.user_id,
-            text=text,
-            status=status,
-            created_at=now,
-            command=message.command,
-            platform_message_id=message.platform_message_id,
-            route=dict(message.route),
-            request_id=message.request_id,
-        )
-
-    async def _event(self, platform: str, event_id: str) -> Any:
-        async with self._read() as connection:
-            result = await connection.execute(_EVENT, {"platform": platform, "event_id": event_id})
-            return result.one_or_none()
-
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with _translated(), self._reader.connect() as connection:
-            yield connection
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with _translated(), self._engine.begin() as connection:
-            yield connection
-
-
-@contextlib.asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    """Turn connection failures into :class:`DependencyUnavailable`."""
-    try:
-        yield
-    except Exception as exc:
-        unavailable = as_unavailable(exc)
-        if unavailable is None:
-            raise
-        raise unavailable from exc
+        await self._db.run(_ping)
 
 
 def _clean(text: str) -> str:

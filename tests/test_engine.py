@@ -15,7 +15,7 @@ from bot.ports import Job
 from bot.queue import MemoryQueue
 from bot.ratelimit import LimitsRateLimiter
 from bot.worker import Worker
-from storage.db import create_engine, create_sessionmaker
+from storage.db import open_database
 from storage.repository import SqlConversationStore
 from tests.fake_openai import FakeOpenAI
 from tests.fakes import RecordingSender
@@ -39,8 +39,8 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
-    db = create_engine(sqlite_url, 5)
-    store = SqlConversationStore(create_sessionmaker(db))
+    db = open_database(sqlite_url, 5)
+    store = SqlConversationStore(db)
     responder = OpenAIResponder(
         model="gpt-test",
         base_url=fake.base_url,
@@ -161,8 +161,8 @@ async def test_duplicate_event_is_answered_once(rig: Rig) -> None:
 
 
 async def test_history_is_trimmed_to_the_token_budget(sqlite_url: str, fake: FakeOpenAI) -> None:
-    db = create_engine(sqlite_url, 5)
-    store = SqlConversationStore(create_sessionmaker(db))
+    db = open_database(sqlite_url, 5)
+    store = SqlConversationStore(db)
     responder = OpenAIResponder(model="m", base_url=fake.base_url)
     queue = MemoryQueue()
     engine = Engine(

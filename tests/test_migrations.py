@@ -22,12 +22,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from bot.errors import DependencyUnavailable
 from bot.messages import InboundMessage, MessageStatus
-from storage.db import (
-    CONNECT_TIMEOUT,
-    create_engine,
-    create_migration_engine,
-    create_sessionmaker,
-)
+from storage.db import CONNECT_TIMEOUT, create_migration_engine, open_database
 from storage.migrate import alembic_config, current_revision, downgrade_base, upgrade_head
 from storage.models import metadata_for
 from storage.repository import SqlConversationStore
@@ -141,14 +136,14 @@ async def test_downgrade_to_base_and_upgrade_again(empty_url: str) -> None:
     await asyncio.to_thread(upgrade_head, empty_url)
     assert await asyncio.to_thread(current_revision, empty_url) == HEAD
     assert await _inspect(empty_url, _differences) == []
-    engine = create_engine(empty_url, pool_size=1)
+    database = open_database(empty_url, pool_size=1)
     try:
-        store = SqlConversationStore(create_sessionmaker(engine))
+        store = SqlConversationStore(database)
         message = InboundMessage(platform="cli", conversation_key="c", user_id="u", text="hi")
         stored = await store.store_inbound(message, MessageStatus.RECEIVED, dedup_seconds=60)
         assert await store.get_message(stored.id) == stored
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 async def test_upgrading_twice_changes_nothing(empty_url: str) -> None:
@@ -194,12 +189,12 @@ async def test_urls_without_an_async_driver_are_accepted(empty_url: str) -> None
     await asyncio.to_thread(upgrade_head, plain)
 
     assert await asyncio.to_thread(current_revision, empty_url) == HEAD
-    engine = create_engine(plain, pool_size=1)
+    database = open_database(plain, pool_size=1)
     try:
-        store = SqlConversationStore(create_sessionmaker(engine))
+        store = SqlConversationStore(database)
         await store.ping()
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 async def test_fresh_database_has_no_revision(empty_url: str) -> None:

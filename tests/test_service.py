@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from storage.db import create_engine, create_sessionmaker
+from storage.db import open_database
 from storage.repository import SqlConversationStore
 from tests.fake_openai import FakeOpenAI
 from tests.harness import Receiver, bearer, message, running, settings
@@ -142,11 +142,11 @@ async def test_failed_turn_is_stored_as_failed(sqlite_url: str, fake: FakeOpenAI
     async with running(config) as client:
         response = await client.post("/webhooks/generic", json=message("fail"), headers=bearer())
         message_id = (await response.json())["message_id"]
-    engine = create_engine(sqlite_url, 1)
+    database = open_database(sqlite_url, 1)
     try:
-        stored = await SqlConversationStore(create_sessionmaker(engine)).get_message(message_id)
+        stored = await SqlConversationStore(database).get_message(message_id)
     finally:
-        await engine.dispose()
+        await database.dispose()
     assert stored is not None
     assert stored.status == "failed"
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
 
 from bot.errors import DependencyUnavailable, DuplicateEvent
 from bot.messages import (
@@ -26,24 +28,24 @@ from bot.messages import (
     Usage,
 )
 from bot.ports import ConversationStore, NewReply
-from storage.db import create_engine, create_sessionmaker
+from storage.db import SQLITE_BUSY_TIMEOUT_MS, Database, open_database
 from storage.migrate import upgrade_head
-from storage.models import Base, Conversation, InboundEvent, Message, User
+from storage.models import Base, Conversation, InboundEvent, Message, User, utcnow
 from storage.repository import SqlConversationStore
 
 HOUR = 3600.0
 
 
 @pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, pool_size=5)
-    yield engine
-    await engine.dispose()
+async def database(database_url: str) -> AsyncIterator[Database]:
+    database = open_database(database_url, pool_size=5)
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture
-def store(engine: AsyncEngine) -> SqlConversationStore:
-    return SqlConversationStore(create_sessionmaker(engine))
+def store(database: Database) -> SqlConversationStore:
+    return SqlConversationStore(database)
 
 
 def inbound(
@@ -85,9 +87,11 @@ async def turn(
     return stored
 
 
-async def count(engine: AsyncEngine, model: type[object]) -> int:
-    async with engine.connect() as connection:
-        return int(await connection.scalar(select(func.count()).select_from(model)) or 0)
+async def count(database: Database, model: type[object]) -> int:
+    def rows(connection: Connection) -> int:
+        return int(connection.scalar(select(func.count()).select_from(model)) or 0)
+
+    return await database.run(rows)
 
 
 def closed_port() -> int:
@@ -152,7 +156,7 @@ async def test_unknown_message_and_reply_ids_are_not_inbound_messages(
 
 
 async def test_duplicate_event_names_the_first_message_and_writes_nothing(
-    store: SqlConversationStore, engine: AsyncEngine
+    store: SqlConversationStore, database: Database
 ) -> None:
     first = await receive(store, inbound("first", event_id="update-1"))
 
@@ -160,10 +164,10 @@ async def test_duplicate_event_names_the_first_message_and_writes_nothing(
         await receive(store, inbound("second", key="chat-2", user="u-2", event_id="update-1"))
 
     assert caught.value.message_id == first.id
-    assert await count(engine, Message) == 1
-    assert await count(engine, Conversation) == 1
-    assert await count(engine, User) == 1
-    assert await count(engine, InboundEvent) == 1
+    assert await count(database, Message) == 1
+    assert await count(database, Conversation) == 1
+    assert await count(database, User) == 1
+    assert await count(database, InboundEvent) == 1
 
 
 async def test_same_event_id_on_another_platform_is_a_new_message(
@@ -200,7 +204,7 @@ async def test_find_event_names_a_recent_delivery_only(store: SqlConversationSto
 
 
 async def test_concurrent_first_messages_share_one_conversation(
-    store: SqlConversationStore, engine: AsyncEngine
+    store: SqlConversationStore, database: Database
 ) -> None:
     messages = [inbound(f"message {n}", key="new-chat", user=f"u-{n % 4}") for n in range(20)]
 
@@ -209,12 +213,12 @@ async def test_concurrent_first_messages_share_one_conversation(
     assert len({message.id for message in stored}) == 20
     assert len({message.conversation_id for message in stored}) == 1
     assert len({message.user_id for message in stored}) == 4
-    assert await count(engine, Conversation) == 1
-    assert await count(engine, User) == 4
+    assert await count(database, Conversation) == 1
+    assert await count(database, User) == 4
 
 
 async def test_concurrent_deliveries_of_one_event_store_it_once(
-    store: SqlConversationStore, engine: AsyncEngine
+    store: SqlConversationStore, database: Database
 ) -> None:
     results = await asyncio.gather(
         *(receive(store, inbound(f"try {n}", event_id="retried")) for n in range(10)),
@@ -226,19 +230,20 @@ async def test_concurrent_deliveries_of_one_event_store_it_once(
     assert len(winners) == 1
     assert len(duplicates) == 9
     assert {duplicate.message_id for duplicate in duplicates} == {winners[0].id}
-    assert await count(engine, Message) == 1
+    assert await count(database, Message) == 1
 
 
 async def test_user_name_is_updated_when_given_and_kept_otherwise(
-    store: SqlConversationStore, engine: AsyncEngine
+    store: SqlConversationStore, database: Database
 ) -> None:
+    def name(connection: Connection) -> str | None:
+        return connection.scalar(select(User.name))
+
     await receive(store, inbound(user_name="Ann"))
     await receive(store, inbound())
-    async with engine.connect() as connection:
-        assert await connection.scalar(select(User.name)) == "Ann"
+    assert await database.run(name) == "Ann"
     await receive(store, inbound(user_name="Ann B."))
-    async with engine.connect() as connection:
-        assert await connection.scalar(select(User.name)) == "Ann B."
+    assert await database.run(name) == "Ann B."
 
 
 async def test_text_with_nul_character_is_stored(store: SqlConversationStore) -> None:
@@ -359,7 +364,7 @@ async def test_save_reply_closes_the_turn(store: SqlConversationStore) -> None:
 
 
 async def test_saving_a_reply_twice_keeps_the_first(
-    store: SqlConversationStore, engine: AsyncEngine
+    store: SqlConversationStore, database: Database
 ) -> None:
     stored = await receive(store, inbound())
     first = await store.save_reply(stored, NewReply(text="one", status=MessageStatus.ANSWERED))
@@ -368,14 +373,14 @@ async def test_saving_a_reply_twice_keeps_the_first(
     assert second.id == first.id
     assert second.text == "one"
     assert second.status is MessageStatus.ANSWERED
-    assert await count(engine, Message) == 2
+    assert await count(database, Message) == 2
     loaded = await store.get_message(stored.id)
     assert loaded is not None
     assert loaded.status is MessageStatus.ANSWERED
 
 
 async def test_concurrent_replies_to_one_message_store_one(
-    store: SqlConversationStore, engine: AsyncEngine
+    store: SqlConversationStore, database: Database
 ) -> None:
     stored = await receive(store, inbound())
     replies = await asyncio.gather(
@@ -385,7 +390,7 @@ async def test_concurrent_replies_to_one_message_store_one(
         )
     )
     assert len({reply.id for reply in replies}) == 1
-    assert await count(engine, Message) == 2
+    assert await count(database, Message) == 2
 
 
 async def test_marked_delivery_is_remembered(store: SqlConversationStore) -> None:
@@ -453,9 +458,9 @@ async def unreachable_store(
         blocker = tmp_path / "not-a-directory"
         blocker.write_text("a file where the directory should be")
         url = f"sqlite+aiosqlite:///{blocker / 'data' / 'zapa.db'}"
-    engine = create_engine(url, pool_size=2)
-    yield SqlConversationStore(create_sessionmaker(engine))
-    await engine.dispose()
+    database = open_database(url, pool_size=2)
+    yield SqlConversationStore(database)
+    await database.dispose()
 
 
 async def test_unreachable_database_raises_dependency_unavailable(
@@ -471,48 +476,118 @@ async def test_unreachable_database_raises_dependency_unavailable(
         await unreachable_store.get_message(1)
 
 
+async def _terminate_other_connections(postgres_url: str) -> None:
+    dsn = make_url(postgres_url).set(drivername="postgresql")
+    admin = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+    try:
+        # What a server restart or failover does to the pooled connections.
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+
+
 async def test_store_recovers_after_postgres_drops_its_connections(postgres_url: str) -> None:
-    engine = create_engine(postgres_url, pool_size=2)
-    store = SqlConversationStore(create_sessionmaker(engine))
+    database = open_database(postgres_url, pool_size=2)
+    store = SqlConversationStore(database)
     try:
         first = await receive(store, inbound("before the restart"))
-        dsn = make_url(postgres_url).set(drivername="postgresql")
-        admin = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-        try:
-            # What a server restart or failover does to the pooled connections.
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        finally:
-            await admin.close()
+        await asyncio.gather(store.ping(), store.ping())  # both pooled connections in use
+        await _terminate_other_connections(postgres_url)
 
-        second = await receive(store, inbound("after the restart"))
+        try:
+            second = await receive(store, inbound("after the restart"))
+        except DependencyUnavailable:
+            # The driver may not have seen the connection close yet: that one call fails
+            # (the webhook answers 503, the platform retries), and the pool starts over.
+            second = await receive(store, inbound("after the restart"))
         assert second.id > first.id
+        assert await store.get_message(second.id) == second
+        await asyncio.gather(store.ping(), store.ping())
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 async def test_sqlite_database_directory_is_created(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'nested' / 'zapa.db'}"
     await asyncio.to_thread(upgrade_head, url)
-    engine = create_engine(url, pool_size=2)
+    database = open_database(url, pool_size=2)
     try:
-        store = SqlConversationStore(create_sessionmaker(engine))
+        store = SqlConversationStore(database)
         stored = await receive(store, inbound())
         assert await store.get_message(stored.id) == stored
     finally:
-        await engine.dispose()
+        await database.dispose()
     assert (tmp_path / "data" / "nested" / "zapa.db").is_file()
 
 
 async def test_models_create_a_working_in_memory_sqlite_schema() -> None:
-    engine = create_engine("sqlite+aiosqlite:///:memory:", pool_size=1)
+    database = open_database("sqlite+aiosqlite:///:memory:", pool_size=1)
     try:
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
-        store = SqlConversationStore(create_sessionmaker(engine))
+        await database.run(Base.metadata.create_all)
+        store = SqlConversationStore(database)
         stored = await receive(store, inbound())
         assert await store.get_message(stored.id) == stored
     finally:
-        await engine.dispose()
+        await database.dispose()
+
+
+async def test_sqlite_lock_held_by_another_process_fails_the_call_then_clears(
+    sqlite_url: str,
+) -> None:
+    database = open_database(sqlite_url, pool_size=1)
+    store = SqlConversationStore(database)
+    path = make_url(sqlite_url).database
+    assert path is not None
+    # Another process (`zapa migrate`, say) holding SQLite's write lock.
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(DependencyUnavailable):
+            await receive(store, inbound("while locked"))
+        assert time.monotonic() - started >= SQLITE_BUSY_TIMEOUT_MS / 1000 * 0.9
+        other.execute("ROLLBACK")
+
+        stored = await receive(store, inbound("after the lock"))
+        assert await store.get_message(stored.id) == stored
+        assert await count(database, Message) == 1
+    finally:
+        other.close()
+        await database.dispose()
+
+
+class _Boom(Exception):
+    pass
+
+
+async def test_transaction_writes_nothing_when_its_work_fails(database: Database) -> None:
+    def half_a_turn(connection: Connection) -> None:
+        connection.execute(
+            insert(User).values(platform="cli", platform_user_id="u", created_at=utcnow())
+        )
+        raise _Boom
+
+    with pytest.raises(_Boom):
+        await database.transaction(half_a_turn)
+
+    assert await count(database, User) == 0
+
+
+async def test_failed_statement_leaves_the_database_usable(
+    store: SqlConversationStore, database: Database
+) -> None:
+    def duplicate_user(connection: Connection) -> None:
+        for _ in range(2):
+            connection.execute(
+                insert(User).values(platform="cli", platform_user_id="u", created_at=utcnow())
+            )
+
+    with pytest.raises(IntegrityError):
+        await database.transaction(duplicate_user)
+
+    stored = await receive(store, inbound())
+    assert await store.get_message(stored.id) == stored
+    assert await count(database, User) == 1  # the message's sender; the pair rolled back
