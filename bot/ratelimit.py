@@ -167,22 +167,29 @@ class LimitsRateLimiter:
             await self._redis.aclose()
 
     async def _hit(self, key: str) -> RateDecision:
-        exhausted: list[tuple[_Window, float]] = []
-        for window in self._windows:
-            stats = await self._strategy.get_window_stats(window.messages, key)
-            if stats.remaining <= 0:
-                exhausted.append((window, stats.reset_time))
+        # The windows are asked at once, not one after another: on Redis each question is a
+        # round trip, and a turn's latency should not grow with the number of windows.
+        windows = self._windows
+        stats = await asyncio.gather(
+            *(self._strategy.get_window_stats(window.messages, key) for window in windows)
+        )
+        exhausted = [
+            (w, s.reset_time) for w, s in zip(windows, stats, strict=True) if s.remaining <= 0
+        ]
         if not exhausted:
-            for window in self._windows:
-                if not await self._strategy.hit(window.messages, key):
-                    # Another message of the same user took the last slot since the test
-                    # above. Windows counted before this one keep that count: rare, and it
-                    # errs on the side of the limit.
-                    stats = await self._strategy.get_window_stats(window.messages, key)
-                    exhausted.append((window, stats.reset_time))
-                    break
-            else:
+            taken = await asyncio.gather(
+                *(self._strategy.hit(window.messages, key) for window in windows)
+            )
+            if all(taken):
                 return RateDecision(allowed=True)
+            # Another message of the same user took the last slot since the test above.
+            # Windows that counted this one keep that count: rare, and it errs on the side
+            # of the limit.
+            lost = [w for w, ok in zip(windows, taken, strict=True) if not ok]
+            stats = await asyncio.gather(
+                *(self._strategy.get_window_stats(window.messages, key) for window in lost)
+            )
+            exhausted = [(w, s.reset_time) for w, s in zip(lost, stats, strict=True)]
         window, reset_at = max(exhausted, key=lambda pair: pair[1])
         retry_after = min(max(reset_at - time.time(), _MIN_RETRY_AFTER), _seconds(window))
         notify = await self._strategy.hit(window.notices, key)

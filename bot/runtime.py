@@ -23,6 +23,10 @@ from storage.migrate import upgrade_head
 from storage.repository import SqlConversationStore
 
 
+REDIS_MAX_CONNECTIONS = 100
+REDIS_POOL_TIMEOUT = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """The engine and its parts, open until the context that made them closes."""
@@ -37,14 +41,20 @@ class Runtime:
 
 
 def create_redis(url: str) -> aioredis.Redis:
-    """A Redis client with bounded timeouts, so an outage fails fast instead of hanging."""
-    return aioredis.Redis.from_url(
+    """A Redis client with bounded timeouts, so an outage fails fast instead of hanging.
+
+    The pool blocks (up to its timeout) when every connection is busy rather than failing
+    at once, so a burst waits a moment instead of getting 503s.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_POOL_TIMEOUT,
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=30,
-        max_connections=200,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 @asynccontextmanager
