@@ -33,7 +33,7 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _normalize_database_url(value: str) -> str:
+def normalize_database_url(value: str) -> str:
     """Map ``postgres://`` and ``postgresql://`` URLs to asyncpg, sqlite to aiosqlite."""
     value = value.strip()
     try:
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        return _normalize_database_url(value)
+        return normalize_database_url(value)
 
     @field_validator("rate_limit")
     @classmethod

@@ -21,7 +21,6 @@ import structlog
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import (
-    ArgumentError,
     DBAPIError,
     DisconnectionError,
     InterfaceError,
@@ -37,6 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from bot.errors import DependencyUnavailable
+from config.settings import normalize_database_url
 
 logger = structlog.get_logger(__name__)
 
@@ -63,16 +63,7 @@ def async_url(database_url: str) -> URL:
         ValueError: the URL is malformed or names a database other than PostgreSQL
             (``postgresql://``, ``postgres://``) or SQLite.
     """
-    try:
-        url = make_url(database_url)
-    except ArgumentError as exc:
-        raise ValueError(f"not a database URL: {exc}") from None
-    backend = url.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        return url.set(drivername="postgresql+asyncpg")
-    if backend == "sqlite":
-        return url.set(drivername="sqlite+aiosqlite")
-    raise ValueError(f"unsupported database {backend!r}: use postgresql:// or sqlite://")
+    return make_url(normalize_database_url(database_url))
 
 
 class Database(abc.ABC):
@@ -176,7 +167,7 @@ class PostgresDatabase(Database):
             with self._sync_engine.connect() as connection:
                 return work(connection, *args, **kwargs)
 
-        with _translated():
+        with translated():
             return await greenlet_spawn(unit)
 
     async def transaction(
@@ -188,7 +179,7 @@ class PostgresDatabase(Database):
             with self._transactional.begin() as connection:
                 return work(connection, *args, **kwargs)
 
-        with _translated():
+        with translated():
             return await greenlet_spawn(unit)
 
     async def dispose(self) -> None:
@@ -399,7 +390,7 @@ def as_unavailable(exc: BaseException) -> DependencyUnavailable | None:
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
+def translated() -> Iterator[None]:
     """Turn connection failures into :class:`DependencyUnavailable`."""
     try:
         yield

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from storage.db import as_unavailable, async_url, create_migration_engine
+from storage.db import async_url, create_migration_engine, translated
 
 logger = structlog.get_logger(__name__)
 
@@ -59,7 +58,7 @@ def upgrade_head(database_url: str) -> None:
     """
     config = alembic_config(database_url)
     logger.info("migrating", database=async_url(database_url).render_as_string())
-    with _translated(), _ALEMBIC:
+    with translated(), _ALEMBIC:
         command.upgrade(config, "head")
 
 
@@ -71,7 +70,7 @@ def downgrade_base(database_url: str) -> None:
         DependencyUnavailable: the database cannot be reached.
     """
     config = alembic_config(database_url)
-    with _translated(), _ALEMBIC:
+    with translated(), _ALEMBIC:
         command.downgrade(config, "base")
 
 
@@ -95,7 +94,7 @@ def current_revision(database_url: str) -> str | None:
         finally:
             await engine.dispose()
 
-    with _translated():
+    with translated():
         return run_coroutine(run)
 
 
@@ -112,14 +111,3 @@ def run_coroutine(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         return asyncio.run(factory())
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(lambda: asyncio.run(factory())).result()
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        unavailable = as_unavailable(exc)
-        if unavailable is None:
-            raise
-        raise unavailable from exc
