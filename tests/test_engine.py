@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -37,8 +38,10 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture
-async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
+@asynccontextmanager
+async def running_rig(
+    sqlite_url: str, fake: FakeOpenAI, *, history_max_tokens: int = 4000
+) -> AsyncIterator[Rig]:
     db = open_database(sqlite_url, 5)
     store = SqlConversationStore(db)
     responder = OpenAIResponder(
@@ -54,7 +57,7 @@ async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
         limiter=LimitsRateLimiter.in_memory([(100, "minute")]),
         responder=responder,
         queue=queue,
-        config=EngineConfig(system_prompt="sys", history_max_tokens=4000),
+        config=EngineConfig(system_prompt="sys", history_max_tokens=history_max_tokens),
     )
     sender = RecordingSender()
     engine.register_sender("test", sender)
@@ -67,6 +70,12 @@ async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
         queue.close()
         await responder.aclose()
         await db.dispose()
+
+
+@pytest.fixture
+async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
+    async with running_rig(sqlite_url, fake) as started:
+        yield started
 
 
 def inbound(text: str, conversation: str = "c1", **extra: object) -> InboundMessage:
@@ -161,29 +170,10 @@ async def test_duplicate_event_is_answered_once(rig: Rig) -> None:
 
 
 async def test_history_is_trimmed_to_the_token_budget(sqlite_url: str, fake: FakeOpenAI) -> None:
-    db = open_database(sqlite_url, 5)
-    store = SqlConversationStore(db)
-    responder = OpenAIResponder(model="m", base_url=fake.base_url)
-    queue = MemoryQueue()
-    engine = Engine(
-        store=store,
-        limiter=LimitsRateLimiter.in_memory([(100, "minute")]),
-        responder=responder,
-        queue=queue,
-        config=EngineConfig(system_prompt="sys", history_max_tokens=200),
-    )
-    sender = RecordingSender()
-    engine.register_sender("test", sender)
-    worker = Worker(engine, queue, concurrency=1)
-    worker.start()
-    try:
+    async with running_rig(sqlite_url, fake, history_max_tokens=200) as small:
         for n in range(6):
-            await engine.accept(inbound(f"{n} " + "word " * 30))
-        await sender.wait_for(6)
-    finally:
-        await worker.stop(1.0)
-        await responder.aclose()
-        await db.dispose()
+            await small.engine.accept(inbound(f"{n} " + "word " * 30))
+        await small.sender.wait_for(6)
     last = fake.requests[-1]["messages"]
     assert last[0] == {"role": "system", "content": "sys"}
     assert last[-1]["content"].startswith("5 ")
