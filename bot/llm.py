@@ -30,7 +30,7 @@ from tenacity import (
     wait_random,
 )
 
-from bot import tokens
+from bot import texts, tokens
 from bot.breaker import BreakerState, CircuitBreaker
 from bot.errors import CircuitOpen, ModelUnavailable
 from bot.messages import ChatTurn, Completion, Role, Usage
@@ -40,7 +40,6 @@ from config.settings import Settings
 logger = structlog.get_logger(__name__)
 
 ECHO_MODEL = "echo"
-ECHO_PREFIX = "Echo (no model configured): "
 PLACEHOLDER_API_KEY = "not-needed"
 """Sent when only ``OPENAI_BASE_URL`` is set: local servers ignore the key, the client wants one."""
 
@@ -422,7 +421,7 @@ class EchoResponder:
         """Answer with the last user message, streamed word by word."""
         started = time.perf_counter()
         question = next((t.content for t in reversed(prompt) if t.role is Role.USER), "")
-        text = ECHO_PREFIX + question
+        text = texts.ECHO_PREFIX + question
         if on_delta is not None:
             words = text.split(" ")
             for index, word in enumerate(words):

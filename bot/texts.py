@@ -14,6 +14,7 @@ APOLOGY = "Sorry, I can't answer right now. Please try again in a little while."
 USAGE_HEADER = "Messages you have left:"
 USAGE_LINE = "- {remaining} of {limit} this {period} (resets in {reset})"
 USAGE_NONE = "There is no message limit for you."
+ECHO_PREFIX = "Echo (no model configured): "
 
 
 def humanize_seconds(seconds: float) -> str:
