@@ -53,3 +53,5 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     # Our middleware logs every request with its id; aiohttp's access log would repeat it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic announces each of its plugins at INFO on every start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
