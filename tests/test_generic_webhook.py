@@ -366,3 +366,38 @@ async def test_request_id_is_echoed_and_process_time_reported(
     assert float(response.headers["X-Process-Time"]) > 0
     assert len(fresh.headers["X-Request-ID"]) >= 16
     assert float(fresh.headers["X-Process-Time"]) >= 0
+
+
+async def test_repeat_asking_for_a_stream_gets_the_first_result_as_done(
+    backend: dict[str, Any], fake: FakeOpenAI
+) -> None:
+    key = {"Idempotency-Key": "stream-repeat"}
+    async with running(config(backend, fake)) as client:
+        first = await client.post("/webhooks/generic", json=message("once"), headers=bearer(**key))
+        again = await client.post(
+            "/webhooks/generic",
+            json=message("once"),
+            headers=bearer(Accept="text/event-stream", **key),
+        )
+        raw = (await again.read()).decode()
+        assert again.status == 200
+        first_body = await first.json()
+    name, data = raw.strip().split("\n")
+    assert name == "event: done"
+    assert orjson.loads(data.removeprefix("data: ")) == first_body
+    assert len(fake.requests) == 1
+
+
+async def test_repeat_of_a_refused_message_is_refused_again(
+    backend: dict[str, Any], fake: FakeOpenAI
+) -> None:
+    async with running(config(backend, fake, rate_limit="1/minute")) as client:
+        assert (
+            await client.post("/webhooks/generic", json=message("a"), headers=bearer())
+        ).status == 200
+        key = {"Idempotency-Key": "refused-1"}
+        refused = await client.post("/webhooks/generic", json=message("b"), headers=bearer(**key))
+        again = await client.post("/webhooks/generic", json=message("b"), headers=bearer(**key))
+        assert refused.status == again.status == 429
+        assert "Retry-After" in again.headers
+    assert len(fake.requests) == 1
