@@ -70,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zapa: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    level = settings.log_level
+    if args.command == "chat" and level == "INFO":
+        level = "WARNING"  # the conversation, not the service's chatter, belongs on screen
+    configure_logging(level, settings.log_format)
     try:
         if args.command == "serve":
             return _serve(settings, args.host, args.port, no_worker=args.no_worker)
