@@ -158,7 +158,10 @@ class WebhookAdapter:
         """Authenticate, validate, accept, then answer as the caller asked."""
         if request.content_length is not None and request.content_length > self._max_body:
             return error_response(413, "payload_too_large", "the body exceeds MAX_BODY_BYTES")
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked), found out reading
+            return error_response(413, "payload_too_large", "the body exceeds MAX_BODY_BYTES")
         try:
             event_id = self._authenticate(request, body)
         except _Refused:

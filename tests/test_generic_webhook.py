@@ -401,3 +401,15 @@ async def test_repeat_of_a_refused_message_is_refused_again(
         assert refused.status == again.status == 429
         assert "Retry-After" in again.headers
     assert len(fake.requests) == 1
+
+
+async def test_oversized_chunked_body_gets_413(backend: dict[str, Any], fake: FakeOpenAI) -> None:
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"x" * 1000
+
+    async with running(config(backend, fake, max_body_bytes=4096)) as client:
+        response = await client.post("/webhooks/generic", data=chunks(), headers=bearer())
+        assert response.status == 413
+        assert (await response.json())["error"] == "payload_too_large"
+    assert fake.requests == []
