@@ -48,4 +48,8 @@ def build_adapters(settings: Settings, engine: Engine) -> list[Adapter]:
     adapters: list[Adapter] = []
     if settings.webhook_enabled:
         adapters.append(WebhookAdapter(settings, engine))
+    if settings.telegram_bot_token is not None and settings.telegram_webhook_secret is not None:
+        from adapters.telegram import TelegramAdapter
+
+        adapters.append(TelegramAdapter(settings, engine))
     return adapters

@@ -14,6 +14,7 @@ APOLOGY = "Sorry, I can't answer right now. Please try again in a little while."
 USAGE_HEADER = "Messages you have left:"
 USAGE_LINE = "- {remaining} of {limit} this {period} (resets in {reset})"
 USAGE_NONE = "There is no message limit for you."
+TEXT_ONLY = "I can read text only for now. Please send your question as a message."
 ECHO_PREFIX = "Echo (no model configured): "
 
 

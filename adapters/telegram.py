@@ -1,0 +1,248 @@
+"""The Telegram adapter (SPEC §4.1): webhook updates in, Bot API messages out.
+
+This is the only module that imports ``telegram`` (python-telegram-bot). Updates are
+verified by their secret token before parsing, turned into the normalized message, and
+handed to the engine; replies are rendered as Telegram HTML, split to Telegram's limit
+and sent through PTB's ``ExtBot`` with its ``AIORateLimiter`` (per-chat and global limits,
+429 ``retry_after`` honoured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from telegram import Message, MessageEntity, ReplyParameters, Update
+from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.ext import AIORateLimiter, ExtBot
+
+from adapters.telegram_format import split_html, to_telegram_html, visible_text
+from bot import texts
+from bot.engine import Engine
+from bot.errors import DependencyUnavailable
+from bot.http import REQUEST_ID, error_response, json_response
+from bot.messages import InboundMessage, Reply, StoredMessage, parse_command
+from bot.ports import ReplyStream
+from config import Settings
+
+# PTB 22.2+ warns on every RetryAfter unless durations are timedeltas; opting in is the
+# supported way. PTB reads this variable itself; Zapa's own settings never do.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
+
+logger = structlog.get_logger(__name__)
+
+PLATFORM = "telegram"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
+TYPING_EVERY_SECONDS = 4.0
+
+
+class TelegramSender:
+    """Sends replies: typing while the model works, then the formatted reply."""
+
+    def __init__(self, bot: ExtBot[Any]) -> None:
+        self._bot = bot
+
+    @asynccontextmanager
+    async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
+        """Show "typing…" until the reply is delivered (or the turn ends)."""
+        chat_id = message.route.get("chat_id")
+        typing = asyncio.create_task(self._keep_typing(chat_id, message.route.get("thread_id")))
+        try:
+            yield _Stream(self, message)
+        finally:
+            typing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await typing
+
+    async def _keep_typing(self, chat_id: Any, thread_id: Any) -> None:
+        while True:
+            try:
+                await self._bot.send_chat_action(
+                    chat_id=chat_id, action=ChatAction.TYPING, message_thread_id=thread_id
+                )
+            except TelegramError as exc:  # typing is a courtesy; the reply still goes out
+                logger.debug("typing_failed", chat_id=chat_id, error=str(exc))
+            await asyncio.sleep(TYPING_EVERY_SECONDS)
+
+    async def send(self, message: StoredMessage, text: str) -> None:
+        """Send ``text`` (Markdown from the model) as one or more HTML messages."""
+        route = message.route
+        chat_id = route["chat_id"]
+        reply_to = route.get("reply_to")
+        for chunk in split_html(to_telegram_html(text)) or [texts.APOLOGY]:
+            reply_parameters = (
+                ReplyParameters(message_id=int(reply_to), allow_sending_without_reply=True)
+                if reply_to is not None
+                else None
+            )
+            try:
+                await self._send_chunk(chat_id, route.get("thread_id"), chunk, reply_parameters)
+            except Forbidden as exc:
+                # Blocked by the user, or removed from the group: nothing will get through.
+                logger.warning("telegram_forbidden", chat_id=chat_id, error=str(exc))
+                return
+            reply_to = None  # only the first part answers the user's message
+
+    async def _send_chunk(
+        self, chat_id: Any, thread_id: Any, chunk: str, reply: ReplyParameters | None
+    ) -> None:
+        try:
+            await self._bot.send_message(
+                chat_id=chat_id,
+                text=chunk,
+                parse_mode=ParseMode.HTML,
+                message_thread_id=thread_id,
+                reply_parameters=reply,
+            )
+        except BadRequest as exc:
+            if "parse entities" not in str(exc).lower():
+                raise
+            logger.warning("telegram_formatting_rejected", chat_id=chat_id, error=str(exc))
+            await self._bot.send_message(
+                chat_id=chat_id,
+                text=visible_text(chunk),
+                message_thread_id=thread_id,
+                reply_parameters=reply,
+            )
+
+
+class _Stream:
+    live = False  # replies are sent whole; streaming edits are not implemented yet
+
+    def __init__(self, sender: TelegramSender, message: StoredMessage) -> None:
+        self._sender = sender
+        self._message = message
+
+    async def delta(self, text: str) -> None:
+        """Unused while ``live`` is false."""
+
+    async def finish(self, reply: Reply) -> None:
+        await self._sender.send(self._message, reply.text)
+
+
+class TelegramAdapter:
+    """Verifies and normalizes Telegram webhook updates."""
+
+    platform = PLATFORM
+    path = "/webhooks/telegram"
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        assert settings.telegram_bot_token is not None
+        assert settings.telegram_webhook_secret is not None
+        self._engine = engine
+        self._secret = settings.telegram_webhook_secret.get_secret_value().encode()
+        self._bot: ExtBot[Any] = ExtBot(
+            settings.telegram_bot_token.get_secret_value(),
+            base_url=f"{settings.telegram_api_url.rstrip('/')}/bot",
+            base_file_url=f"{settings.telegram_api_url.rstrip('/')}/file/bot",
+            rate_limiter=AIORateLimiter(max_retries=3),
+        )
+        self._sender = TelegramSender(self._bot)
+        engine.register_sender(PLATFORM, self._sender)
+
+    @property
+    def sender(self) -> TelegramSender:
+        """How replies reach Telegram."""
+        return self._sender
+
+    async def start(self) -> None:
+        """Learn the bot's id and username (``getMe``) for mentions and replies."""
+        await self._bot.initialize()
+        logger.info("telegram_ready", username=self._bot.username)
+
+    async def aclose(self) -> None:
+        """Close the Bot API client."""
+        await self._bot.shutdown()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Check the secret, parse the update, and accept what the bot should answer."""
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, self._secret):
+            return error_response(401, "unauthorized", "missing or wrong secret token")
+        try:
+            data = orjson.loads(await request.read())
+            update = Update.de_json(data, self._bot) if isinstance(data, dict) else None
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+            update = None
+        if update is None:
+            return error_response(400, "malformed_json", "the body is not a Telegram update")
+        message = update.message
+        if message is None:
+            return json_response({})  # edits, channel posts, polls…: nothing to answer
+        if message.text is None:
+            await self._text_only_notice(message)
+            return json_response({})
+        inbound = self._normalize(update.update_id, message, request.get(REQUEST_ID))
+        if inbound is None:
+            return json_response({})
+        try:
+            await self._engine.accept(inbound)
+        except DependencyUnavailable as exc:
+            # Telegram retries a webhook that does not answer 2xx.
+            logger.warning("telegram_unavailable", error=str(exc))
+            return error_response(503, "unavailable", str(exc), retry_after=5)
+        return json_response({})
+
+    async def _text_only_notice(self, message: Message) -> None:
+        media = message.photo or message.voice or message.document or message.audio
+        if message.chat.type != ChatType.PRIVATE or not media:
+            return
+        try:
+            await self._bot.send_message(chat_id=message.chat.id, text=texts.TEXT_ONLY)
+        except TelegramError as exc:
+            logger.warning("telegram_notice_failed", chat_id=message.chat.id, error=str(exc))
+
+    def _normalize(
+        self, update_id: int, message: Message, request_id: str | None
+    ) -> InboundMessage | None:
+        """The normalized message, or ``None`` when the bot should stay silent."""
+        text = message.text or ""
+        private = message.chat.type == ChatType.PRIVATE
+        command = parse_command(text)
+        if not private and not self._addressed(message, text):
+            return None
+        if not private:
+            text = text.replace(f"@{self._bot.username}", "").strip() or text
+        sender = message.from_user
+        if sender is None or sender.is_bot:
+            return None
+        thread_id = message.message_thread_id if message.is_topic_message else None
+        key = str(message.chat.id) if thread_id is None else f"{message.chat.id}:{thread_id}"
+        return InboundMessage(
+            platform=PLATFORM,
+            conversation_key=key,
+            user_id=str(sender.id),
+            text=text,
+            event_id=str(update_id),
+            user_name=sender.full_name,
+            platform_message_id=str(message.message_id),
+            command=command,
+            route={
+                "chat_id": message.chat.id,
+                "thread_id": thread_id,
+                "reply_to": None if private else message.message_id,
+            },
+            request_id=request_id,
+        )
+
+    def _addressed(self, message: Message, text: str) -> bool:
+        """In a group: a mention, a reply to the bot, or a command meant for it."""
+        username = (self._bot.username or "").lower()
+        if text.startswith("/"):
+            target = text.split(maxsplit=1)[0].partition("@")[2].lower()
+            return parse_command(text) is not None and target in ("", username)
+        replied = message.reply_to_message
+        author = replied.from_user if replied is not None else None
+        if author is not None and author.id == self._bot.id:
+            return True
+        mentions = message.parse_entities([MessageEntity.MENTION]).values()
+        return any(mention.lower() == f"@{username}" for mention in mentions)
