@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import hmac
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
-from telegram import Message, MessageEntity, ReplyParameters, Update
+from telegram import BotCommand, Message, MessageEntity, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import AIORateLimiter, ExtBot
@@ -43,6 +43,124 @@ logger = structlog.get_logger(__name__)
 PLATFORM = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 TYPING_EVERY_SECONDS = 4.0
+
+
+COMMANDS = (
+    ("start", "Say hello"),
+    ("help", "What I can do"),
+    ("reset", "Start a fresh conversation"),
+    ("usage", "How many messages you have left"),
+)
+ALLOWED_UPDATES = ("message",)
+POLL_TIMEOUT_SECONDS = 30
+
+
+class TelegramSetupError(Exception):
+    """A set-up command cannot go on; the message says what to do."""
+
+
+def create_bot(settings: Settings) -> ExtBot[Any]:
+    """A Bot API client for ``TELEGRAM_BOT_TOKEN`` at ``TELEGRAM_API_URL``, rate-limited."""
+    if settings.telegram_bot_token is None:
+        raise TelegramSetupError("TELEGRAM_BOT_TOKEN is not set")
+    root = settings.telegram_api_url.rstrip("/")
+    return ExtBot(
+        settings.telegram_bot_token.get_secret_value(),
+        base_url=f"{root}/bot",
+        base_file_url=f"{root}/file/bot",
+        rate_limiter=AIORateLimiter(max_retries=3),
+    )
+
+
+@contextlib.contextmanager
+def _setup_errors() -> Iterator[None]:
+    try:
+        yield
+    except TelegramError as exc:
+        raise TelegramSetupError(f"Telegram answered: {exc}") from exc
+
+
+async def set_webhook(settings: Settings, url: str) -> str:
+    """Register ``url`` with the secret token, the updates we handle, and the command list."""
+    if settings.telegram_webhook_secret is None:
+        raise TelegramSetupError(
+            "TELEGRAM_WEBHOOK_SECRET is not set; Zapa refuses unsigned updates"
+        )
+    with _setup_errors():
+        async with create_bot(settings) as bot:
+            await bot.set_webhook(
+                url,
+                secret_token=settings.telegram_webhook_secret.get_secret_value(),
+                allowed_updates=list(ALLOWED_UPDATES),
+            )
+            await bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS])
+    return f"webhook set to {url}"
+
+
+async def delete_webhook(settings: Settings) -> str:
+    """Remove the webhook, so updates can be fetched by polling."""
+    with _setup_errors():
+        async with create_bot(settings) as bot:
+            await bot.delete_webhook()
+    return "webhook deleted"
+
+
+async def webhook_info(settings: Settings) -> str:
+    """``getWebhookInfo`` as a few readable lines."""
+    with _setup_errors():
+        async with create_bot(settings) as bot:
+            info = await bot.get_webhook_info()
+    lines = [
+        f"url: {info.url or '(none: updates wait for polling)'}",
+        f"pending updates: {info.pending_update_count}",
+    ]
+    if info.last_error_message:
+        lines.append(f"last error: {info.last_error_message} at {info.last_error_date}")
+    return "\n".join(lines)
+
+
+async def poll(adapter: TelegramAdapter, stop: asyncio.Event) -> None:
+    """Fetch updates with long polling and accept them like webhook updates, until ``stop``.
+
+    Raises:
+        TelegramSetupError: a webhook is set (Telegram serves updates to one or the other).
+    """
+    bot = adapter.bot
+    with _setup_errors():
+        info = await bot.get_webhook_info()
+    if info.url:
+        raise TelegramSetupError(
+            f"a webhook is set ({info.url}); run `zapa telegram delete-webhook` to poll instead"
+        )
+    offset: int | None = None
+    while not stop.is_set():
+        fetch = asyncio.ensure_future(
+            bot.get_updates(
+                offset=offset, timeout=POLL_TIMEOUT_SECONDS, allowed_updates=list(ALLOWED_UPDATES)
+            )
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TelegramError):
+                await fetch
+            break
+        try:
+            updates = fetch.result()
+        except TelegramError as exc:
+            logger.warning("telegram_poll_failed", error=str(exc))
+            await asyncio.sleep(1)
+            continue
+        for update in updates:
+            try:
+                await adapter.accept_update(update)
+            except DependencyUnavailable as exc:
+                logger.warning("telegram_unavailable", error=str(exc))
+                await asyncio.sleep(1)
+                break  # fetch this update again
+            offset = update.update_id + 1
 
 
 class TelegramSender:
@@ -136,18 +254,18 @@ class TelegramAdapter:
     path = "/webhooks/telegram"
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
-        assert settings.telegram_bot_token is not None
-        assert settings.telegram_webhook_secret is not None
+        secret = settings.telegram_webhook_secret
         self._engine = engine
-        self._secret = settings.telegram_webhook_secret.get_secret_value().encode()
-        self._bot: ExtBot[Any] = ExtBot(
-            settings.telegram_bot_token.get_secret_value(),
-            base_url=f"{settings.telegram_api_url.rstrip('/')}/bot",
-            base_file_url=f"{settings.telegram_api_url.rstrip('/')}/file/bot",
-            rate_limiter=AIORateLimiter(max_retries=3),
-        )
+        # Without a secret (long polling) the webhook route refuses every request.
+        self._secret = secret.get_secret_value().encode() if secret is not None else None
+        self._bot = create_bot(settings)
         self._sender = TelegramSender(self._bot)
         engine.register_sender(PLATFORM, self._sender)
+
+    @property
+    def bot(self) -> ExtBot[Any]:
+        """The Bot API client."""
+        return self._bot
 
     @property
     def sender(self) -> TelegramSender:
@@ -166,7 +284,7 @@ class TelegramAdapter:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Check the secret, parse the update, and accept what the bot should answer."""
         given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, self._secret):
+        if self._secret is None or not hmac.compare_digest(given, self._secret):
             return error_response(401, "unauthorized", "missing or wrong secret token")
         try:
             data = orjson.loads(await request.read())
@@ -175,22 +293,29 @@ class TelegramAdapter:
             update = None
         if update is None:
             return error_response(400, "malformed_json", "the body is not a Telegram update")
-        message = update.message
-        if message is None:
-            return json_response({})  # edits, channel posts, polls…: nothing to answer
-        if message.text is None:
-            await self._text_only_notice(message)
-            return json_response({})
-        inbound = self._normalize(update.update_id, message, request.get(REQUEST_ID))
-        if inbound is None:
-            return json_response({})
         try:
-            await self._engine.accept(inbound)
+            await self.accept_update(update, request.get(REQUEST_ID))
         except DependencyUnavailable as exc:
             # Telegram retries a webhook that does not answer 2xx.
             logger.warning("telegram_unavailable", error=str(exc))
             return error_response(503, "unavailable", str(exc), retry_after=5)
         return json_response({})
+
+    async def accept_update(self, update: Update, request_id: str | None = None) -> None:
+        """Hand an update to the engine if the bot should answer it (webhook and polling).
+
+        Raises:
+            bot.errors.DependencyUnavailable: the database or Redis cannot take it now.
+        """
+        message = update.message
+        if message is None:
+            return  # edits, channel posts, polls…: nothing to answer
+        if message.text is None:
+            await self._text_only_notice(message)
+            return
+        inbound = self._normalize(update.update_id, message, request_id)
+        if inbound is not None:
+            await self._engine.accept(inbound)
 
     async def _text_only_notice(self, message: Message) -> None:
         media = message.photo or message.voice or message.document or message.audio

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -59,6 +60,24 @@ def _parser() -> argparse.ArgumentParser:
         "model as the web service (platform 'cli'). Type /reset for a fresh context, "
         "/usage for your quota; Ctrl-D or /quit ends it.",
     )
+    telegram = commands.add_parser(
+        "telegram",
+        help="set up Telegram: register or delete the webhook, show it, or poll",
+        description="Telegram set-up, with TELEGRAM_BOT_TOKEN (and TELEGRAM_WEBHOOK_SECRET "
+        "for the webhook).",
+    )
+    actions = telegram.add_subparsers(dest="action", required=True, metavar="ACTION")
+    set_hook = actions.add_parser(
+        "set-webhook",
+        help="register URL (https) with the secret token and the bot's command list",
+    )
+    set_hook.add_argument("url", help="the public https URL of /webhooks/telegram")
+    actions.add_parser("delete-webhook", help="remove the webhook (to poll instead)")
+    actions.add_parser("info", help="show the webhook: URL, pending updates, last error")
+    actions.add_parser(
+        "poll",
+        help="answer updates fetched by long polling, for local work without a public URL",
+    )
     return parser
 
 
@@ -79,12 +98,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, args.host, args.port, no_worker=args.no_worker)
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "telegram":
+            return asyncio.run(_telegram(settings, args))
         return asyncio.run(_chat(settings))
     except KeyboardInterrupt:
         return 130
     except (ZapaError, OSError) as exc:
         print(f"zapa: {exc}", file=sys.stderr)
         return 1
+
+
+async def _telegram(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters import telegram
+
+    try:
+        if args.action == "set-webhook":
+            print(await telegram.set_webhook(settings, args.url))
+        elif args.action == "delete-webhook":
+            print(await telegram.delete_webhook(settings))
+        elif args.action == "info":
+            print(await telegram.webhook_info(settings))
+        else:
+            await _telegram_poll(settings)
+    except telegram.TelegramSetupError as exc:
+        print(f"zapa: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _telegram_poll(settings: Settings) -> None:
+    from adapters.telegram import TelegramAdapter, poll
+    from bot.runtime import open_runtime
+    from bot.worker import Worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
+        adapter = TelegramAdapter(settings, runtime.engine)
+        await adapter.start()
+        worker = Worker(runtime.engine, runtime.queue, concurrency=settings.worker_concurrency)
+        worker.start()
+        try:
+            await runtime.engine.recover()
+            logger.info("telegram_polling", username=adapter.bot.username)
+            await poll(adapter, stop)
+        finally:
+            await worker.stop(settings.shutdown_grace_seconds)
+            await adapter.aclose()
 
 
 def _migrate(settings: Settings) -> int:

@@ -336,6 +336,7 @@ class FakeTelegram:
     async def close(self) -> None:
         """Stop serving; pending long polls are cut short."""
         self._closing.set()
+        self._update_arrived.set()  # wakes a waiting getUpdates, which then sees the closing
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
