@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,7 +26,12 @@ from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import AIORateLimiter, ExtBot
 
-from adapters.telegram_format import split_html, to_telegram_html, visible_text
+from adapters.telegram_format import (
+    TELEGRAM_TEXT_LIMIT,
+    split_html,
+    to_telegram_html,
+    visible_text,
+)
 from bot import texts
 from bot.engine import Engine
 from bot.errors import DependencyUnavailable
@@ -43,6 +49,7 @@ logger = structlog.get_logger(__name__)
 PLATFORM = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 TYPING_EVERY_SECONDS = 4.0
+EDIT_EVERY_SECONDS = 1.0  # Telegram allows about one message (or edit) a second per chat
 
 
 COMMANDS = (
@@ -166,8 +173,9 @@ async def poll(adapter: TelegramAdapter, stop: asyncio.Event) -> None:
 class TelegramSender:
     """Sends replies: typing while the model works, then the formatted reply."""
 
-    def __init__(self, bot: ExtBot[Any]) -> None:
+    def __init__(self, bot: ExtBot[Any], *, streaming: bool) -> None:
         self._bot = bot
+        self.streaming = streaming
 
     @asynccontextmanager
     async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
@@ -191,8 +199,22 @@ class TelegramSender:
                 logger.debug("typing_failed", chat_id=chat_id, error=str(exc))
             await asyncio.sleep(TYPING_EVERY_SECONDS)
 
-    async def send(self, message: StoredMessage, text: str) -> None:
-        """Send ``text`` (Markdown from the model) as one or more HTML messages."""
+    async def show(self, message: StoredMessage, text: str, shown_id: int | None) -> int:
+        """Send or update the plain-text preview of a reply being generated; its id."""
+        route = message.route
+        if shown_id is None:
+            sent = await self._bot.send_message(
+                chat_id=route["chat_id"], text=text, message_thread_id=route.get("thread_id")
+            )
+            return sent.message_id
+        await self._bot.edit_message_text(text, chat_id=route["chat_id"], message_id=shown_id)
+        return shown_id
+
+    async def send(self, message: StoredMessage, text: str, *, replace: int | None = None) -> None:
+        """Send ``text`` (Markdown from the model) as one or more HTML messages.
+
+        With ``replace``, the first part takes the place of that preview message.
+        """
         route = message.route
         chat_id = route["chat_id"]
         reply_to = route.get("reply_to")
@@ -203,12 +225,31 @@ class TelegramSender:
                 else None
             )
             try:
-                await self._send_chunk(chat_id, route.get("thread_id"), chunk, reply_parameters)
+                if replace is not None:
+                    await self._edit_chunk(chat_id, replace, chunk)
+                else:
+                    await self._send_chunk(chat_id, route.get("thread_id"), chunk, reply_parameters)
             except Forbidden as exc:
                 # Blocked by the user, or removed from the group: nothing will get through.
                 logger.warning("telegram_forbidden", chat_id=chat_id, error=str(exc))
                 return
-            reply_to = None  # only the first part answers the user's message
+            reply_to = replace = None  # only the first part answers the user's message
+
+    async def _edit_chunk(self, chat_id: Any, message_id: int, chunk: str) -> None:
+        try:
+            await self._bot.edit_message_text(
+                chunk, chat_id=chat_id, message_id=message_id, parse_mode=ParseMode.HTML
+            )
+        except BadRequest as exc:
+            error = str(exc).lower()
+            if "not modified" in error:
+                return  # the preview already shows exactly this
+            if "parse entities" not in error:
+                raise
+            logger.warning("telegram_formatting_rejected", chat_id=chat_id, error=str(exc))
+            await self._bot.edit_message_text(
+                visible_text(chunk), chat_id=chat_id, message_id=message_id
+            )
 
     async def _send_chunk(
         self, chat_id: Any, thread_id: Any, chunk: str, reply: ReplyParameters | None
@@ -234,17 +275,36 @@ class TelegramSender:
 
 
 class _Stream:
-    live = False  # replies are sent whole; streaming edits are not implemented yet
+    """One reply: in a private chat with streaming on, a message edited as text arrives."""
 
     def __init__(self, sender: TelegramSender, message: StoredMessage) -> None:
         self._sender = sender
         self._message = message
+        self._text = ""
+        self._shown = ""
+        self._shown_id: int | None = None
+        self._last_edit = 0.0
+        self.live = sender.streaming and message.route.get("private") is True
 
     async def delta(self, text: str) -> None:
-        """Unused while ``live`` is false."""
+        """Show the text so far, at most once every ``EDIT_EVERY_SECONDS``."""
+        self._text += text
+        if time.monotonic() - self._last_edit >= EDIT_EVERY_SECONDS:
+            await self._show(self._text)
+
+    async def _show(self, text: str) -> None:
+        preview = text.strip()[:TELEGRAM_TEXT_LIMIT]
+        if not preview or preview == self._shown:
+            return  # Telegram refuses edits that change nothing
+        self._last_edit = time.monotonic()
+        self._shown = preview
+        try:
+            self._shown_id = await self._sender.show(self._message, preview, self._shown_id)
+        except TelegramError as exc:  # a preview is a courtesy; the reply still goes out
+            logger.debug("telegram_preview_failed", error=str(exc))
 
     async def finish(self, reply: Reply) -> None:
-        await self._sender.send(self._message, reply.text)
+        await self._sender.send(self._message, reply.text, replace=self._shown_id)
 
 
 class TelegramAdapter:
@@ -259,7 +319,7 @@ class TelegramAdapter:
         # Without a secret (long polling) the webhook route refuses every request.
         self._secret = secret.get_secret_value().encode() if secret is not None else None
         self._bot = create_bot(settings)
-        self._sender = TelegramSender(self._bot)
+        self._sender = TelegramSender(self._bot, streaming=settings.telegram_streaming)
         engine.register_sender(PLATFORM, self._sender)
 
     @property
@@ -355,6 +415,7 @@ class TelegramAdapter:
                 "chat_id": message.chat.id,
                 "thread_id": thread_id,
                 "reply_to": None if private else message.message_id,
+                "private": private,
             },
             request_id=request_id,
         )

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = None
     telegram_webhook_secret: SecretStr | None = None
     telegram_api_url: str = "https://api.telegram.org"
+    telegram_streaming: bool = True
 
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None

@@ -18,6 +18,7 @@ Scripting (each call queues failures served before normal answers, in order):
   connection without finishing the response.
 * ``fake.answer = lambda body: "..."`` — what to reply (default: ``"echo: <text>"``).
 * ``fake.latency = 0.1`` — seconds before every response starts.
+* ``fake.chunk_delay = 0.1`` — seconds between the content chunks of a stream.
 * ``fake.send_usage = False`` — leave ``usage`` out, as some OpenAI-compatible servers do.
 
 ``await fake.wait_for_requests(n)`` waits until ``n`` requests have arrived, e.g. to act
@@ -101,6 +102,7 @@ class FakeOpenAI:
     ) -> None:
         self.answer = answer
         self.latency = latency
+        self.chunk_delay = 0.0
         self.send_usage = send_usage
         self.model_ids = model_ids
         self.requests: list[dict[str, Any]] = []
@@ -316,6 +318,8 @@ class FakeOpenAI:
         for index, piece in enumerate(pieces):
             if broken_after is not None and index >= broken_after:
                 break
+            if index and self.chunk_delay:
+                await self._pause(self.chunk_delay)
             await response.write(chunk({"content": piece}))
         if broken_after is not None:
             _drop_connection(request)

@@ -35,18 +35,25 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
         yield server
 
 
+def config(database_url: str, fake: FakeOpenAI, telegram: FakeTelegram, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "openai_base_url": fake.base_url,
+        "telegram_bot_token": TOKEN,
+        "telegram_webhook_secret": SECRET,
+        "telegram_api_url": telegram.base_url.removesuffix("/bot"),
+        # Most tests look at the messages sent; streaming (edits) has tests of its own.
+        "telegram_streaming": False,
+    }
+    values.update(overrides)
+    return settings(**values)
+
+
 @pytest.fixture
 async def client(
     database_url: str, fake: FakeOpenAI, telegram: FakeTelegram
 ) -> AsyncIterator[TestClient[Any, Any]]:
-    config = settings(
-        database_url=database_url,
-        openai_base_url=fake.base_url,
-        telegram_bot_token=TOKEN,
-        telegram_webhook_secret=SECRET,
-        telegram_api_url=telegram.base_url.removesuffix("/bot"),
-    )
-    async with running(config) as started:
+    async with running(config(database_url, fake, telegram)) as started:
         yield started
 
 
@@ -261,3 +268,39 @@ async def test_edited_message_and_malformed_body(
     await asyncio.sleep(0.2)
     assert fake.requests == []
     assert telegram.sent() == []
+
+
+async def test_private_reply_streams_into_one_message_edited_at_most_once_a_second(
+    sqlite_url: str, fake: FakeOpenAI, telegram: FakeTelegram
+) -> None:
+    words = [f"word{n}" for n in range(12)]
+    fake.answer = lambda body: " ".join(words) + " **done**"
+    fake.chunk_delay = 0.25  # about three seconds of generation
+    async with running(config(sqlite_url, fake, telegram, telegram_streaming=True)) as client:
+        assert await deliver(client, text_update("stream it")) == 200
+        await telegram.wait_for_calls("editMessageText", 3)
+        await asyncio.sleep(1.5)
+    [first] = telegram.sent()
+    edits = telegram.edits()
+    assert first["text"].startswith("word0")  # the preview appeared early, as plain text
+    assert all(edit["message_id"] == edits[0]["message_id"] for edit in edits)
+    final = edits[-1]
+    assert final["parse_mode"] == "HTML"
+    assert final["text"] == " ".join(words) + " <b>done</b>"
+    times = [telegram.times_of("sendMessage")[0], *telegram.times_of("editMessageText")]
+    previews = times[:-1]  # the final edit follows the last preview as soon as the text is whole
+    assert all(later - earlier >= 0.95 for earlier, later in itertools.pairwise(previews))
+    texts = [first["text"], *(edit["text"] for edit in edits)]
+    assert len(texts) == len(set(texts))  # no edit repeats what is already shown
+
+
+async def test_streaming_off_sends_one_message(
+    sqlite_url: str, fake: FakeOpenAI, telegram: FakeTelegram
+) -> None:
+    fake.chunk_delay = 0.1
+    async with running(config(sqlite_url, fake, telegram, telegram_streaming=False)) as client:
+        assert await deliver(client, text_update("no streaming")) == 200
+        await telegram.wait_for_calls("sendMessage", 1)
+        await asyncio.sleep(0.3)
+    assert telegram.edits() == []
+    assert visible_text(telegram.sent()[0]["text"]) == "echo: no streaming"
