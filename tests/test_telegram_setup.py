@@ -82,6 +82,7 @@ async def test_polling_answers_an_update_fetched_with_get_updates(
             telegram_webhook_secret=None,
             database_url=sqlite_url,
             openai_base_url=model.base_url,
+            telegram_streaming=False,
         )
         async with open_runtime(settings_) as runtime:
             adapter = TelegramAdapter(settings_, runtime.engine)
