@@ -304,3 +304,15 @@ async def test_streaming_off_sends_one_message(
         await asyncio.sleep(0.3)
     assert telegram.edits() == []
     assert visible_text(telegram.sent()[0]["text"]) == "echo: no streaming"
+
+
+async def test_command_addressed_to_the_bot_in_a_group_is_answered(
+    client: TestClient[Any, Any], fake: FakeOpenAI, telegram: FakeTelegram
+) -> None:
+    update = text_update("/usage@zapa_test_bot", chat_id=GROUP, user_id=77, message_id=21)
+    assert await deliver(client, update) == 200
+    await telegram.wait_for_calls("sendMessage", 1)
+    [sent] = telegram.sent(chat_id=GROUP)
+    assert "of 20 this minute" in visible_text(sent["text"])
+    assert sent["reply_parameters"]["message_id"] == 21
+    assert fake.requests == []  # commands never reach the model
