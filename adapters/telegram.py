@@ -34,7 +34,7 @@ from adapters.telegram_format import (
 )
 from bot import texts
 from bot.engine import Engine
-from bot.errors import DependencyUnavailable
+from bot.errors import DependencyUnavailable, RecipientUnreachable
 from bot.http import REQUEST_ID, error_response, json_response
 from bot.messages import InboundMessage, Reply, StoredMessage, parse_command
 from bot.ports import ReplyStream
@@ -232,7 +232,7 @@ class TelegramSender:
             except Forbidden as exc:
                 # Blocked by the user, or removed from the group: nothing will get through.
                 logger.warning("telegram_forbidden", chat_id=chat_id, error=str(exc))
-                return
+                raise RecipientUnreachable(str(exc)) from exc
             reply_to = replace = None  # only the first part answers the user's message
 
     async def _edit_chunk(self, chat_id: Any, message_id: int, chunk: str) -> None:

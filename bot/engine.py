@@ -15,7 +15,7 @@ from enum import StrEnum
 import structlog
 
 from bot import metrics, texts
-from bot.errors import DuplicateEvent, ModelUnavailable
+from bot.errors import DuplicateEvent, ModelUnavailable, RecipientUnreachable
 from bot.messages import (
     ChatTurn,
     Command,
@@ -31,6 +31,7 @@ from bot.ports import (
     NewReply,
     Queue,
     RateLimiter,
+    ReplyStream,
     Responder,
     Sender,
     WindowUsage,
@@ -226,8 +227,20 @@ class Engine:
 
     async def _deliver(self, reply: Reply) -> None:
         async with self._sender(reply.inbound).reply_stream(reply.inbound) as stream:
-            await stream.finish(reply)
+            await self._finish(stream, reply)
         await self._store.mark_delivered(reply.id)
+
+    async def _finish(self, stream: ReplyStream, reply: Reply) -> None:
+        """Deliver the reply; a user the platform refuses is marked, and delivery settled.
+
+        Retrying would never get through, so the reply counts as delivered (as far as it
+        can be) and the job ends instead of retrying until it is abandoned.
+        """
+        try:
+            await stream.finish(reply)
+        except RecipientUnreachable:
+            logger.warning("recipient_unreachable", message_id=reply.inbound.id)
+            await self._store.mark_unreachable(reply.inbound.user_id)
 
     async def _answer(self, message: StoredMessage) -> None:
         started = time.perf_counter()
@@ -257,7 +270,7 @@ class Engine:
                     latency_ms=completion.latency_ms,
                 )
             reply = await self._store.save_reply(message, new)
-            await stream.finish(reply)
+            await self._finish(stream, reply)
             # The user has the reply now; recording that is bookkeeping after the fact.
             replied = time.perf_counter()
         metrics.ENGINE_OVERHEAD.observe(max(0.0, replied - started - model_seconds))

@@ -6,6 +6,7 @@
     ├── ModelUnavailable        the model failed after every attempt, or the breaker is open
     │   └── CircuitOpen         the breaker is open; ``retry_after`` says for how long
     ├── DependencyUnavailable   the database or Redis cannot take work now (→ 503)
+    ├── RecipientUnreachable    the platform refuses messages to the user (blocked the bot)
     └── DuplicateEvent          the platform delivered this event before
                                 (``message_id`` names the first delivery)
 """
@@ -43,3 +44,7 @@ class DuplicateEvent(ZapaError):
     def __init__(self, message_id: int) -> None:
         super().__init__(f"duplicate of message {message_id}")
         self.message_id = message_id
+
+
+class RecipientUnreachable(ZapaError):
+    """The platform will not deliver to this user (they blocked the bot, or left)."""

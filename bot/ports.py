@@ -76,6 +76,13 @@ class ConversationStore(Protocol):
         """Record that the platform has the reply, so a redelivered job won't send it again."""
         ...
 
+    async def mark_unreachable(self, user_id: int) -> None:
+        """Record that the platform refuses messages to this user (e.g. they blocked the bot).
+
+        The mark is cleared when the user writes again.
+        """
+        ...
+
     async def reset_context(self, command: StoredMessage) -> None:
         """Start a fresh context after the ``/reset`` message ``command``.
 

@@ -108,6 +108,9 @@ class User(Base):
     rate_limit: Mapped[str | None] = mapped_column(String)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # Set when the platform says the user cannot be reached (blocked the bot); cleared
+    # when the user writes again.
+    unreachable_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Conversation(Base):

@@ -234,6 +234,10 @@ _MARK_DELIVERED = (
     .values(delivered_at=_now(), updated_at=_now())
 )
 
+_MARK_UNREACHABLE = (
+    update(_users).where(_users.c.id == bindparam("user_id")).values(unreachable_at=_now())
+)
+
 # The reset command's own id is the boundary: every question before it was answered
 # before it (a conversation is answered in order), every question after it is new context.
 _RESET_CONTEXT = (
@@ -252,6 +256,8 @@ def _user_upsert(statement: _Insert) -> ReturningInsert[Any]:
         set_={
             "last_seen_at": statement.excluded.last_seen_at,
             "name": func.coalesce(statement.excluded.name, _users.c.name),
+            # Writing again means the user can be reached again.
+            "unreachable_at": None,
         },
     ).returning(_users.c.id)
 
@@ -658,6 +664,10 @@ class SqlConversationStore:
     async def mark_delivered(self, reply_id: int) -> None:
         """Record that the platform has the reply; the first delivery time is kept."""
         await self._db.run(_execute, _MARK_DELIVERED, {"reply_id": reply_id, "now": utcnow()})
+
+    async def mark_unreachable(self, user_id: int) -> None:
+        """Record that the platform refuses messages to the user (until they write again)."""
+        await self._db.run(_execute, _MARK_UNREACHABLE, {"user_id": user_id, "now": utcnow()})
 
     async def reset_context(self, command: StoredMessage) -> None:
         """Start a fresh context after ``command``: earlier messages leave the prompt.

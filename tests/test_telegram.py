@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy import select
 
 from adapters.telegram import SECRET_HEADER
 from adapters.telegram_format import visible_text
+from storage.db import open_database
+from storage.models import User
 from tests.fake_openai import FakeOpenAI
 from tests.fake_telegram import FakeTelegram, text_update
 from tests.harness import running, settings
@@ -316,3 +319,30 @@ async def test_command_addressed_to_the_bot_in_a_group_is_answered(
     assert "of 20 this minute" in visible_text(sent["text"])
     assert sent["reply_parameters"]["message_id"] == 21
     assert fake.requests == []  # commands never reach the model
+
+
+async def test_user_who_blocked_the_bot_is_marked_and_not_retried(
+    database_url: str, fake: FakeOpenAI, telegram: FakeTelegram
+) -> None:
+    telegram.fail_next(
+        "sendMessage", status=403, description="Forbidden: bot was blocked by the user"
+    )
+    async with running(config(database_url, fake, telegram)) as client:
+        assert await deliver(client, text_update("hello?", user_id=1001)) == 200
+        await telegram.wait_for_calls("sendMessage", 1)
+        await asyncio.sleep(1.5)  # a retry would come within the worker's first backoff
+        assert len(telegram.times_of("sendMessage")) == 1
+        assert await unreachable_users(database_url) == ["1001"]
+        # Writing again means they unblocked the bot: the mark goes, the answer arrives.
+        assert await deliver(client, text_update("back again", user_id=1001)) == 200
+        await telegram.wait_for_calls("sendMessage", 2)
+        assert await unreachable_users(database_url) == []
+
+
+async def unreachable_users(database_url: str) -> list[str]:
+    db = open_database(database_url, 1)
+    try:
+        query = select(User.platform_user_id).where(User.unreachable_at.is_not(None))
+        return list(await db.run(lambda connection: connection.scalars(query).all()))
+    finally:
+        await db.dispose()
