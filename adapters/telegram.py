@@ -233,6 +233,10 @@ class TelegramSender:
                 # Blocked by the user, or removed from the group: nothing will get through.
                 logger.warning("telegram_forbidden", chat_id=chat_id, error=str(exc))
                 raise RecipientUnreachable(str(exc)) from exc
+            except TelegramError as exc:
+                # 5xx, network, or 429 beyond the rate limiter's retries: the job is retried.
+                logger.warning("telegram_send_failed", chat_id=chat_id, error=str(exc))
+                raise
             reply_to = replace = None  # only the first part answers the user's message
 
     async def _edit_chunk(self, chat_id: Any, message_id: int, chunk: str) -> None:

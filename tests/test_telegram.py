@@ -346,3 +346,13 @@ async def unreachable_users(database_url: str) -> list[str]:
         return list(await db.run(lambda connection: connection.scalars(query).all()))
     finally:
         await db.dispose()
+
+
+async def test_telegram_server_error_is_retried_until_the_reply_arrives(
+    client: TestClient[Any, Any], fake: FakeOpenAI, telegram: FakeTelegram
+) -> None:
+    telegram.fail_next("sendMessage", status=502, description="Bad Gateway")
+    assert await deliver(client, text_update("try again")) == 200
+    await telegram.wait_for_calls("sendMessage", 2)
+    assert visible_text(telegram.sent()[-1]["text"]) == "echo: try again"
+    assert len(fake.requests) == 1  # the stored answer is sent again, not asked again
