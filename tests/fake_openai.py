@@ -40,10 +40,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from aiohttp import web
+
+from tests.fake_server import FakeServer
 
 AnswerFn = Callable[[dict[str, Any]], str]
 
@@ -80,7 +81,7 @@ class _Failure:
     after_chunks: int = 1
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer):
     """A fake OpenAI server on ``127.0.0.1`` and a free port (see the module docstring).
 
     Attributes:
@@ -100,6 +101,7 @@ class FakeOpenAI:
         send_usage: bool = True,
         model_ids: tuple[str, ...] = ("gpt-4o-mini",),
     ) -> None:
+        super().__init__()
         self.answer = answer
         self.latency = latency
         self.chunk_delay = 0.0
@@ -110,10 +112,7 @@ class FakeOpenAI:
         self._failures: deque[_Failure] = deque()
         self._always: _Failure | None = None
         self._ids = itertools.count(1)
-        self._closing = asyncio.Event()
         self._arrived = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
 
     # -- scripting -------------------------------------------------------------------
 
@@ -171,40 +170,12 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         """The API root to give a client, like ``http://127.0.0.1:PORT/v1``."""
-        if self._base_url is None:
-            raise RuntimeError("FakeOpenAI is not started")
-        return self._base_url
+        return f"{self.root}/v1"
 
-    async def start(self) -> Self:
-        """Listen on a free port of ``127.0.0.1``."""
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
+        """The chat-completions and models endpoints."""
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self._base_url = f"http://{host}:{port}/v1"
-        return self
-
-    async def close(self) -> None:
-        """Stop serving; stalled responses are cut short."""
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- handlers --------------------------------------------------------------------
 

@@ -43,10 +43,11 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fake_server import FakeServer
 
 _INTEGER = re.compile(r"-?\d+")
 
@@ -168,7 +169,7 @@ def _decode(name: str, value: str) -> Any:
     return value
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     """A fake Telegram Bot API on ``127.0.0.1`` and a free port (see the module docstring).
 
     Attributes:
@@ -200,6 +201,7 @@ class FakeTelegram:
             first_name: the bot's display name.
             latency: seconds to wait before answering every request.
         """
+        super().__init__()
         self.token = token
         self.bot_user: dict[str, Any] = {
             "id": bot_id,
@@ -229,10 +231,7 @@ class FakeTelegram:
         self._updates: deque[dict[str, Any]] = deque()
         self._update_arrived = asyncio.Event()
         self._failures: dict[str, deque[_Failure]] = {}
-        self._closing = asyncio.Event()
         self._arrived = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self._root: str | None = None
 
     # -- scripting and inspection ----------------------------------------------------
 
@@ -309,48 +308,19 @@ class FakeTelegram:
     @property
     def base_url(self) -> str:
         """The value for ``Bot(token, base_url=...)``: ``http://127.0.0.1:PORT/bot``."""
-        return f"{self._started_root()}/bot"
+        return f"{self.root}/bot"
 
     @property
     def base_file_url(self) -> str:
         """The value for ``Bot(token, base_file_url=...)``; no files are served."""
-        return f"{self._started_root()}/file/bot"
+        return f"{self.root}/file/bot"
 
-    def _started_root(self) -> str:
-        if self._root is None:
-            raise RuntimeError("FakeTelegram is not started")
-        return self._root
-
-    async def start(self) -> Self:
-        """Listen on a free port of ``127.0.0.1``."""
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
+        """Every Bot API method, as ``/bot<token>/<method>``."""
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self._root = f"http://{host}:{port}"
-        return self
 
-    async def close(self) -> None:
-        """Stop serving; pending long polls are cut short."""
-        self._closing.set()
-        self._update_arrived.set()  # wakes a waiting getUpdates, which then sees the closing
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    def _wake_waiters(self) -> None:
+        self._update_arrived.set()  # a waiting getUpdates then sees the closing
 
     # -- transport -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bot.app import create_app
 from config import Settings
+from tests.fake_server import FakeServer
 
 TOKEN = "test-token-123"
 SECRET = "whsec_" + base64.b64encode(b"zapa-test-secret-0123456789abcdef").decode()
@@ -78,15 +79,23 @@ def signed(
     }
 
 
-class Receiver:
+class Receiver(FakeServer):
     """A callback endpoint on a free port recording what it receives."""
 
     def __init__(self, statuses: list[int] | None = None) -> None:
+        super().__init__()
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.statuses = list(statuses or [])
         self.arrived = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+
+    @property
+    def url(self) -> str:
+        """The callback URL to give Zapa."""
+        return f"{self.root}/callback"
+
+    def add_routes(self, app: web.Application) -> None:
+        """The one callback route."""
+        app.router.add_post("/callback", self._handle)
 
     async def _handle(self, request: web.Request) -> web.Response:
         status = self.statuses.pop(0) if self.statuses else 200
@@ -95,21 +104,6 @@ class Receiver:
                 self.received.append((dict(request.headers), await request.read()))
                 self.arrived.notify_all()
         return web.Response(status=status)
-
-    async def __aenter__(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/callback", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/callback"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
     async def wait_for(self, count: int, seconds: float = 20.0) -> list[dict[str, Any]]:
         """Wait until ``count`` callbacks arrived; their JSON bodies, in arrival order."""

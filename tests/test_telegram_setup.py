@@ -122,45 +122,39 @@ async def test_polling_refuses_while_a_webhook_is_set(
             await adapter.aclose()
 
 
-async def test_cli_info_prints_the_webhook(fake_telegram: FakeTelegram, tmp_path: Path) -> None:
-    fake_telegram.webhook["url"] = "https://bot.example/webhooks/telegram"
+async def zapa_telegram(action: str, cwd: Path, **variables: str) -> tuple[int | None, str, str]:
+    """Run ``zapa telegram ACTION`` in a child process; its status, stdout and stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "DATABASE_"))}
-    env.update(
-        {
-            "TELEGRAM_BOT_TOKEN": TOKEN,
-            "TELEGRAM_API_URL": fake_telegram.base_url.removesuffix("/bot"),
-            "LOG_LEVEL": "WARNING",
-        }
-    )
+    env.update(variables)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         "telegram",
-        "info",
-        cwd=tmp_path,
+        action,
+        cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, stderr.decode()
-    assert "url: https://bot.example/webhooks/telegram" in stdout.decode()
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_cli_info_prints_the_webhook(fake_telegram: FakeTelegram, tmp_path: Path) -> None:
+    fake_telegram.webhook["url"] = "https://bot.example/webhooks/telegram"
+    status, stdout, stderr = await zapa_telegram(
+        "info",
+        tmp_path,
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_API_URL=fake_telegram.base_url.removesuffix("/bot"),
+        LOG_LEVEL="WARNING",
+    )
+    assert status == 0, stderr
+    assert "url: https://bot.example/webhooks/telegram" in stdout
 
 
 async def test_cli_without_token_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEGRAM_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "telegram",
-        "info",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
-    assert stderr.decode().strip() == "zapa: TELEGRAM_BOT_TOKEN is not set"
+    status, _, stderr = await zapa_telegram("info", tmp_path)
+    assert status == 2
+    assert stderr.strip() == "zapa: TELEGRAM_BOT_TOKEN is not set"
