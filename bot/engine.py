@@ -160,8 +160,12 @@ class Engine:
         return await self._limiter.usage(rate_key(platform, user_id))
 
     async def recover(self, limit: int = 10_000) -> int:
-        """Queue again every message accepted but not finished when the process stopped."""
-        pending = await self._store.unfinished(limit)
+        """Queue again the messages accepted but not finished when the process stopped.
+
+        Only those of platforms this process delivers to: another process (or this one,
+        once the adapter is on again) answers the rest, instead of this one giving up.
+        """
+        pending = [m for m in await self._store.unfinished(limit) if m.platform in self._senders]
         for message in pending:
             await self._enqueue(message, fresh=False)
         if pending:

@@ -195,3 +195,22 @@ async def test_unknown_platform_job_fails_after_attempts_and_worker_survives(rig
     await rig.engine.accept(inbound("still alive?"))
     [reply] = await rig.sender.wait_for(1)
     assert reply.text == "echo: still alive?"
+
+
+async def test_recovery_leaves_messages_of_platforms_not_served_here_untouched(rig: Rig) -> None:
+    # A process that serves only some platforms (zapa chat, telegram poll, a server with
+    # an adapter turned off) must not give up on the others' pending messages.
+    elsewhere = await rig.store.store_inbound(
+        InboundMessage(platform="nowhere", conversation_key="x", user_id="u", text="later"),
+        MessageStatus.RECEIVED,
+        dedup_seconds=60,
+    )
+    mine = await rig.store.store_inbound(
+        inbound("pending here"), MessageStatus.RECEIVED, dedup_seconds=60
+    )
+    assert await rig.engine.recover() == 1
+    [reply] = await rig.sender.wait_for(1)
+    assert reply.inbound.id == mine.id
+    await asyncio.sleep(0.5)  # time enough for a doomed job to be retried and abandoned
+    stored = await rig.store.get_message(elsewhere.id)
+    assert stored is not None and stored.status is MessageStatus.RECEIVED
