@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from adapters import WEBHOOK_ROUTES, Adapter, build_adapters
 from bot import metrics
 from bot.http import REQUEST_ID, error_response, json_response
-from bot.runtime import Runtime, open_runtime
+from bot.runtime import Runtime, answering, open_runtime
 from bot.worker import Worker
 from config import Settings
 
@@ -170,16 +170,9 @@ def create_app(
                 await adapter.aclose()
 
     async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
-        runtime = app[RUNTIME]
-        worker = Worker(runtime.engine, runtime.queue, concurrency=settings.worker_concurrency)
-        app[WORKER] = worker
-        worker.start()
-        try:
-            await runtime.engine.recover()
-        except Exception as exc:
-            logger.warning("recovery_failed", error=repr(exc))
-        yield
-        await worker.stop(settings.shutdown_grace_seconds)
+        async with answering(app[RUNTIME]) as worker:
+            app[WORKER] = worker
+            yield
 
     app.cleanup_ctx.append(runtime_ctx)
     app.cleanup_ctx.append(adapters_ctx)

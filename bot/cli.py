@@ -128,8 +128,7 @@ async def _telegram(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _telegram_poll(settings: Settings) -> None:
     from adapters.telegram import TelegramAdapter, poll
-    from bot.runtime import open_runtime
-    from bot.worker import Worker
+    from bot.runtime import answering, open_runtime
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -138,14 +137,11 @@ async def _telegram_poll(settings: Settings) -> None:
     async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
         adapter = TelegramAdapter(settings, runtime.engine)
         await adapter.start()
-        worker = Worker(runtime.engine, runtime.queue, concurrency=settings.worker_concurrency)
-        worker.start()
         try:
-            await runtime.engine.recover()
-            logger.info("telegram_polling", username=adapter.bot.username)
-            await poll(adapter, stop)
+            async with answering(runtime):
+                logger.info("telegram_polling", username=adapter.bot.username)
+                await poll(adapter, stop)
         finally:
-            await worker.stop(settings.shutdown_grace_seconds)
             await adapter.aclose()
 
 
@@ -225,17 +221,14 @@ class _TerminalSender:
 
 
 async def _chat(settings: Settings) -> int:
-    from bot.runtime import open_runtime
-    from bot.worker import Worker
+    from bot.runtime import answering, open_runtime
 
     user = getpass.getuser()
     sender = _TerminalSender()
     async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
         runtime.engine.register_sender("cli", sender)
-        worker = Worker(runtime.engine, runtime.queue, concurrency=1)
-        worker.start()
         print(f"Talking to {runtime.responder.model}. /reset starts over, Ctrl-D ends.")
-        try:
+        async with answering(runtime, concurrency=1):
             while True:
                 line = await asyncio.to_thread(_read_line)
                 if line is None or line.strip() in ("/quit", "/exit"):
@@ -258,8 +251,6 @@ async def _chat(settings: Settings) -> int:
                     print(
                         texts.RATE_LIMITED.format(wait=texts.humanize_seconds(accepted.retry_after))
                     )
-        finally:
-            await worker.stop(settings.shutdown_grace_seconds)
     return 0
 
 

@@ -11,16 +11,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+import structlog
 
 from bot.engine import Engine, EngineConfig
+from bot.errors import DependencyUnavailable
 from bot.llm import build_responder
 from bot.ports import ConversationStore, RateLimiter, Responder
 from bot.queue import MemoryQueue
 from bot.ratelimit import build_rate_limiter
+from bot.worker import Worker
 from config import Settings
 from storage.db import open_database
 from storage.migrate import upgrade_head
 from storage.repository import SqlConversationStore
+
+logger = structlog.get_logger(__name__)
 
 REDIS_MAX_CONNECTIONS = 100
 REDIS_POOL_TIMEOUT = 2.0
@@ -89,3 +94,25 @@ async def open_runtime(settings: Settings, *, migrate: bool = False) -> AsyncIte
             ),
         )
         yield Runtime(settings, engine, store, limiter, responder, queue, redis)
+
+
+@asynccontextmanager
+async def answering(runtime: Runtime, *, concurrency: int | None = None) -> AsyncIterator[Worker]:
+    """Workers answering the runtime's queue, stopped within the shutdown grace on exit.
+
+    Messages left unfinished by the last run are queued first; if the database is down
+    now, they wait for the next start rather than keep this one from starting.
+    """
+    settings = runtime.settings
+    worker = Worker(
+        runtime.engine, runtime.queue, concurrency=concurrency or settings.worker_concurrency
+    )
+    worker.start()
+    try:
+        try:
+            await runtime.engine.recover()
+        except DependencyUnavailable as exc:
+            logger.warning("recovery_failed", error=str(exc))
+        yield worker
+    finally:
+        await worker.stop(settings.shutdown_grace_seconds)
