@@ -52,4 +52,8 @@ def build_adapters(settings: Settings, engine: Engine) -> list[Adapter]:
         from adapters.telegram import TelegramAdapter
 
         adapters.append(TelegramAdapter(settings, engine))
+    if settings.slack_enabled:
+        from adapters.slack import SlackAdapter
+
+        adapters.append(SlackAdapter(settings, engine))
     return adapters

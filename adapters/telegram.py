@@ -34,7 +34,7 @@ from adapters.telegram_format import (
 )
 from bot import texts
 from bot.engine import Engine
-from bot.errors import DependencyUnavailable, RecipientUnreachable
+from bot.errors import DependencyUnavailable, RecipientUnreachable, SetupError
 from bot.http import REQUEST_ID, error_response, json_response
 from bot.messages import InboundMessage, Reply, StoredMessage, parse_command
 from bot.ports import ReplyStream
@@ -62,7 +62,7 @@ ALLOWED_UPDATES = ("message",)
 POLL_TIMEOUT_SECONDS = 30
 
 
-class TelegramSetupError(Exception):
+class TelegramSetupError(SetupError):
     """A set-up command cannot go on; the message says what to do."""
 
 

@@ -78,6 +78,26 @@ def _parser() -> argparse.ArgumentParser:
         "poll",
         help="answer updates fetched by long polling, for local work without a public URL",
     )
+    slack = commands.add_parser(
+        "slack",
+        help="set up Slack: print the app manifest, or connect through Socket Mode",
+        description="Slack set-up. `manifest` needs no token; `socket` needs SLACK_BOT_TOKEN "
+        "and SLACK_APP_TOKEN.",
+    )
+    slack_actions = slack.add_subparsers(dest="action", required=True, metavar="ACTION")
+    manifest = slack_actions.add_parser(
+        "manifest",
+        help="print a Slack app manifest (YAML) for 'Create app from manifest'",
+    )
+    manifest.add_argument("--url", help="the public https URL of /webhooks/slack")
+    manifest.add_argument(
+        "--socket", action="store_true", help="a manifest for Socket Mode (no public URL)"
+    )
+    manifest.add_argument("--name", default="Zapa", help="the app's name (default: Zapa)")
+    slack_actions.add_parser(
+        "socket",
+        help="answer Slack through Socket Mode, for local work without a public URL",
+    )
     return parser
 
 
@@ -100,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(settings)
         if args.command == "telegram":
             return asyncio.run(_telegram(settings, args))
+        if args.command == "slack":
+            return _slack(settings, args)
         return asyncio.run(_chat(settings))
     except KeyboardInterrupt:
         return 130
@@ -141,6 +163,53 @@ async def _telegram_poll(settings: Settings) -> None:
             async with answering(runtime):
                 logger.info("telegram_polling", username=adapter.bot.username)
                 await poll(adapter, stop)
+        finally:
+            await adapter.aclose()
+
+
+def _slack(settings: Settings, args: argparse.Namespace) -> int:
+    from adapters.slack_manifest import ManifestError, manifest_yaml
+
+    if args.action == "manifest":
+        try:
+            text = manifest_yaml(
+                command=settings.slack_command,
+                url=args.url,
+                name=args.name,
+                socket_mode=args.socket,
+            )
+        except ManifestError as exc:
+            print(f"zapa: {exc}", file=sys.stderr)
+            return 2
+        print(text, end="")
+        return 0
+    from adapters.slack import SlackSetupError
+
+    try:
+        asyncio.run(_slack_socket(settings))
+    except SlackSetupError as exc:
+        print(f"zapa: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _slack_socket(settings: Settings) -> None:
+    from adapters.slack import SlackAdapter, SlackSetupError
+    from bot.runtime import answering, open_runtime
+
+    if settings.slack_app_token is None:
+        raise SlackSetupError("SLACK_APP_TOKEN (xapp-…) is not set; Socket Mode needs it")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
+        adapter = SlackAdapter(settings, runtime.engine, socket_mode=True)
+        try:
+            await adapter.start()
+            async with answering(runtime):
+                logger.info("slack_socket_mode", bot_user_id=adapter.bot_user_id)
+                await adapter.socket_mode(settings.slack_app_token.get_secret_value(), stop)
         finally:
             await adapter.aclose()
 

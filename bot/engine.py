@@ -313,10 +313,8 @@ class Engine:
             case Command.USAGE:
                 windows = await self.usage(message.platform, message.platform_user_id)
                 text = _usage_text(windows)
-            case Command.START:
-                text = texts.GREETING
             case _:
-                text = texts.HELP
+                text = texts.help_for(message.platform)
         reply = await self._store.save_reply(message, NewReply(text, MessageStatus.ANSWERED))
         await self._deliver(reply)
 

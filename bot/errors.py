@@ -7,6 +7,7 @@
     │   └── CircuitOpen         the breaker is open; ``retry_after`` says for how long
     ├── DependencyUnavailable   the database or Redis cannot take work now (→ 503)
     ├── RecipientUnreachable    the platform refuses messages to the user (blocked the bot)
+    ├── SetupError              a platform refuses the set-up (a wrong token); says what to do
     └── DuplicateEvent          the platform delivered this event before
                                 (``message_id`` names the first delivery)
 """
@@ -48,3 +49,10 @@ class DuplicateEvent(ZapaError):
 
 class RecipientUnreachable(ZapaError):
     """The platform will not deliver to this user (they blocked the bot, or left)."""
+
+
+class SetupError(ZapaError):
+    """A platform refuses the configuration, or a set-up step cannot go on.
+
+    The message is one line telling the operator what to do.
+    """

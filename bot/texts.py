@@ -17,6 +17,29 @@ USAGE_NONE = "There is no message limit for you."
 TEXT_ONLY = "I can read text only for now. Please send your question as a message."
 ECHO_PREFIX = "Echo (no model configured): "
 
+# Slack: slash-prefixed words are commands the Slack client intercepts, so in mentions and
+# direct messages the commands are plain words, and the slash command takes them as text.
+SLACK_HELP = (
+    "Hi! I'm an assistant. Mention me in a channel, or write to me here, and I'll answer; "
+    "a thread is one conversation.\n"
+    "Say *reset* to start a fresh conversation, *usage* to see your remaining messages, "
+    "*help* for this text."
+)
+SLACK_COMMAND_USAGE = (
+    "Ask me anything: `{command} What makes a good haiku?`\n"
+    "`{command} reset` starts a fresh conversation, `{command} usage` shows how many messages "
+    "you have left. You can also mention me in a channel, or write to me directly."
+)
+SLACK_THINKING = "Thinking…"
+SLACK_UNAVAILABLE = "Sorry, I can't take your question right now. Please try again in a moment."
+
+_HELP_BY_PLATFORM = {"slack": SLACK_HELP}
+
+
+def help_for(platform: str) -> str:
+    """The greeting and help text for a platform, naming commands as people type them there."""
+    return _HELP_BY_PLATFORM.get(platform, HELP)
+
 
 def humanize_seconds(seconds: float) -> str:
     """``75`` → ``"2 minutes"``; rounds up so a person never retries too early."""

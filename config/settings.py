@@ -164,6 +164,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a Standard Webhooks secret starting with 'whsec_'")
         return value
 
+    @field_validator("slack_command")
+    @classmethod
+    def _slash_command(cls, value: str) -> str:
+        if not re.fullmatch(r"/[a-z0-9_-]{1,31}", value):
+            raise ValueError("must be a slash command like /ask (lowercase, at most 32 characters)")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
@@ -187,6 +194,11 @@ class Settings(BaseSettings):
     def llm_configured(self) -> bool:
         """Whether a real model endpoint is configured (else the offline echo model)."""
         return self.openai_api_key is not None or self.openai_base_url is not None
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Whether the Slack adapter serves ``/webhooks/slack`` (token and signing secret set)."""
+        return self.slack_bot_token is not None and self.slack_signing_secret is not None
 
     @property
     def webhook_enabled(self) -> bool:

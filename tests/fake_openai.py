@@ -32,7 +32,6 @@ Usage it reports: ``completion_tokens`` is the number of content chunks (one per
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import re
@@ -178,12 +177,6 @@ class FakeOpenAI(FakeServer):
         app.router.add_get("/v1/models", self._models)
 
     # -- handlers --------------------------------------------------------------------
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake up when the server closes so shutdown never waits for a stall."""
-        if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), seconds)
 
     async def _models(self, request: web.Request) -> web.Response:
         created = int(time.time())

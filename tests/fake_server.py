@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Self
 
@@ -43,6 +44,12 @@ class FakeServer:
         host, port = self._runner.addresses[0][:2]
         self._root = f"http://{host}:{port}"
         return self
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up when the server closes so shutdown never waits."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _wake_waiters(self) -> None:
         """Called on close, after ``_closing`` is set; wake what waits on other events."""

@@ -353,12 +353,6 @@ class FakeTelegram(FakeServer):
             return _error(exc.status, exc.description, exc.retry_after)
         return web.json_response({"ok": True, "result": result})
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake up when the server closes so shutdown never waits."""
-        if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), seconds)
-
     def _methods(self) -> dict[str, Any]:
         return {
             "getme": self._get_me,

@@ -18,6 +18,7 @@ from bot.app import create_app
 from config import Settings
 from tests.fake_server import FakeServer
 
+CLOSED_PORT = 9  # discard: nothing listens there
 TOKEN = "test-token-123"
 SECRET = "whsec_" + base64.b64encode(b"zapa-test-secret-0123456789abcdef").decode()
 

@@ -18,10 +18,9 @@ import pytest
 from storage.db import open_database
 from storage.repository import SqlConversationStore
 from tests.fake_openai import FakeOpenAI
-from tests.harness import Receiver, bearer, message, running, settings
+from tests.harness import CLOSED_PORT, Receiver, bearer, message, running, settings
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOSED_PORT = 9  # discard: nothing listens there
 
 
 @pytest.fixture
