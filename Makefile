@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 SERVE_ARGS ?=
+COMPOSE ?= docker compose
 
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
@@ -16,7 +17,7 @@ STAMP_SERVICES := $(VENV)/.zapa-services.stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint
+.PHONY: help serve test lint up down logs migrate
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -34,6 +35,18 @@ lint: $(STAMP_DEV) ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+migrate: $(STAMP_RUN) ## apply database migrations to DATABASE_URL
+	$(BIN)/zapa migrate
+
+up: ## build the image and start the scaled-out stack (docker compose) on http://localhost:8080
+	$(COMPOSE) up -d --build
+
+down: ## stop the stack; its data volumes are kept
+	$(COMPOSE) down
+
+logs: ## follow the stack's logs
+	$(COMPOSE) logs -f --tail=100
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

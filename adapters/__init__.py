@@ -7,7 +7,7 @@ from typing import Protocol
 from aiohttp import web
 
 from bot.engine import Engine
-from bot.ports import Sender
+from bot.ports import ReplyBus, Sender
 from config import Settings
 
 WEBHOOK_ROUTES = {
@@ -41,13 +41,16 @@ class Adapter(Protocol):
         ...
 
 
-def build_adapters(settings: Settings, engine: Engine) -> list[Adapter]:
-    """The adapters whose secrets are configured; the others stay off (their route is 404)."""
+def build_adapters(settings: Settings, engine: Engine, bus: ReplyBus) -> list[Adapter]:
+    """The adapters whose secrets are configured; the others stay off (their route is 404).
+
+    ``bus`` carries reply events to the web process holding a generic webhook request.
+    """
     from adapters.webhook import WebhookAdapter
 
     adapters: list[Adapter] = []
     if settings.webhook_enabled:
-        adapters.append(WebhookAdapter(settings, engine))
+        adapters.append(WebhookAdapter(settings, engine, bus))
     if settings.telegram_bot_token is not None and settings.telegram_webhook_secret is not None:
         from adapters.telegram import TelegramAdapter
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,12 +23,13 @@ from bot.engine import Acceptance, Engine, Outcome
 from bot.errors import DependencyUnavailable
 from bot.http import REQUEST_ID, error_response, json_response
 from bot.messages import InboundMessage, MessageStatus, Reply, StoredMessage, parse_command
-from bot.ports import ReplyStream
+from bot.ports import ReplyBus, ReplyEvent, ReplyStream
 from config import Settings
 
 logger = structlog.get_logger(__name__)
 
 PLATFORM = "webhook"
+STORE_POLL_SECONDS = 2.0
 
 
 class GenericRequest(BaseModel):
@@ -50,58 +49,15 @@ class _Refused(Exception):
     """The request carries no valid authentication."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Event:
-    """What a waiting HTTP request hears about its turn: a delta, or the finished reply."""
-
-    delta: str | None = None
-    reply: Reply | None = None
-
-
-class _Listeners:
-    """HTTP requests waiting on the replies to their messages, in this process."""
-
-    def __init__(self) -> None:
-        self._queues: defaultdict[int, list[asyncio.Queue[_Event]]] = defaultdict(list)
-        self._streaming: defaultdict[int, int] = defaultdict(int)
-
-    @asynccontextmanager
-    async def listen(
-        self, message_id: int, *, deltas: bool = False
-    ) -> AsyncIterator[asyncio.Queue[_Event]]:
-        queue: asyncio.Queue[_Event] = asyncio.Queue()
-        self._queues[message_id].append(queue)
-        self._streaming[message_id] += deltas
-        try:
-            yield queue
-        finally:
-            queues = self._queues[message_id]
-            queues.remove(queue)
-            if not queues:
-                del self._queues[message_id]
-            self._streaming[message_id] -= deltas
-            if not self._streaming[message_id]:
-                del self._streaming[message_id]
-
-    def streaming(self, message_id: int) -> bool:
-        return self._streaming.get(message_id, 0) > 0
-
-    def publish(self, message_id: int, event: _Event) -> None:
-        for queue in self._queues.get(message_id, ()):
-            queue.put_nowait(event)
-
-
 class _Stream:
     def __init__(self, sender: WebhookSender, message: StoredMessage) -> None:
         self._sender = sender
         self._message = message
-
-    @property
-    def live(self) -> bool:
-        return self._sender.listeners.streaming(self._message.id)
+        # The caller asked for server-sent events when the message came in.
+        self.live = message.route.get("stream") is True
 
     async def delta(self, text: str) -> None:
-        self._sender.listeners.publish(self._message.id, _Event(delta=text))
+        await self._sender.bus.publish(ReplyEvent(self._message.id, delta=text))
 
     async def finish(self, reply: Reply) -> None:
         callback = self._message.route.get("callback_url")
@@ -109,15 +65,16 @@ class _Stream:
             await self._sender.poster.post(
                 str(callback), f"msg_{self._message.id}", reply.as_result()
             )
-        self._sender.listeners.publish(self._message.id, _Event(reply=reply))
+        # Told even without a callback: a repeat of the request may be waiting on it.
+        await self._sender.bus.publish(ReplyEvent(self._message.id, done=True, reply=reply))
 
 
 class WebhookSender:
     """Delivers generic-channel replies: to waiting requests and to callback URLs."""
 
-    def __init__(self, poster: CallbackPoster) -> None:
+    def __init__(self, poster: CallbackPoster, bus: ReplyBus) -> None:
         self.poster = poster
-        self.listeners = _Listeners()
+        self.bus = bus
 
     @asynccontextmanager
     async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
@@ -131,8 +88,9 @@ class WebhookAdapter:
     platform = PLATFORM
     path = "/webhooks/generic"
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, bus: ReplyBus) -> None:
         self._engine = engine
+        self._bus = bus
         self._token = (
             settings.webhook_token.get_secret_value().encode() if settings.webhook_token else None
         )
@@ -143,7 +101,7 @@ class WebhookAdapter:
         # The web process waits this long for a reply: every model attempt, plus slack.
         self._wait_seconds = settings.llm_timeout_seconds * settings.llm_max_attempts + 30
         self.sender = WebhookSender(
-            CallbackPoster(secret=secret, allow_private=settings.callback_allow_private)
+            CallbackPoster(secret=secret, allow_private=settings.callback_allow_private), bus
         )
         engine.register_sender(PLATFORM, self.sender)
 
@@ -175,6 +133,12 @@ class WebhookAdapter:
                 await check_callback_url(payload.callback_url, allow_private=self._allow_private)
             except CallbackRefused as exc:
                 return error_response(400, "invalid_request", str(exc), field="callback_url")
+        streaming = "text/event-stream" in request.headers.get("Accept", "")
+        route: dict[str, Any] = {}
+        if payload.callback_url:
+            route["callback_url"] = payload.callback_url
+        elif streaming:
+            route["stream"] = True
         inbound = InboundMessage(
             platform=PLATFORM,
             conversation_key=payload.conversation_id,
@@ -183,7 +147,7 @@ class WebhookAdapter:
             event_id=event_id,
             user_name=payload.user_name,
             command=parse_command(payload.text),
-            route={"callback_url": payload.callback_url} if payload.callback_url else {},
+            route=route,
             raw=payload.metadata,
             request_id=request.get(REQUEST_ID),
         )
@@ -205,11 +169,12 @@ class WebhookAdapter:
             )
         if payload.callback_url is not None:
             return json_response({"message_id": accepted.message_id, "status": "queued"}, 202)
-        # A fresh message's reply cannot exist yet: the in-process queue hands the job to a
-        # worker only after this handler, which does not yield before it starts listening,
-        # so the store need not be asked first. A repeat may have finished long ago.
-        fresh = accepted.outcome is Outcome.QUEUED
-        if "text/event-stream" in request.headers.get("Accept", ""):
+        # A fresh message's reply cannot exist yet when it is made in this process: the
+        # in-process queue hands the job to a worker only after this handler, which does not
+        # yield before it starts listening. A worker elsewhere may be quicker, and a repeat
+        # may have finished long ago: then the store is asked first.
+        fresh = accepted.outcome is Outcome.QUEUED and self._bus.local
+        if streaming:
             return await self._stream(request, accepted.message_id, fresh=fresh)
         return await self._wait(accepted.message_id, fresh=fresh)
 
@@ -234,12 +199,12 @@ class WebhookAdapter:
         raise _Refused
 
     async def _wait(self, message_id: int, *, fresh: bool) -> web.Response:
-        async with self.sender.listeners.listen(message_id) as events:
+        async with self._bus.listen(message_id) as events:
             reply = None if fresh else await self._engine.result(message_id)
             try:
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:
-                        reply = (await events.get()).reply
+                        reply = (await self._next(message_id, events)).reply
             except TimeoutError:
                 return error_response(
                     503,
@@ -260,13 +225,13 @@ class WebhookAdapter:
                 "X-Accel-Buffering": "no",
             }
         )
-        async with self.sender.listeners.listen(message_id, deltas=True) as events:
+        async with self._bus.listen(message_id) as events:
             await response.prepare(request)
             reply = None if fresh else await self._engine.result(message_id)
             try:
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:
-                        event = await events.get()
+                        event = await self._next(message_id, events)
                         if event.delta is not None:
                             await response.write(_sse("delta", {"text": event.delta}))
                         reply = event.reply
@@ -277,6 +242,26 @@ class WebhookAdapter:
         await response.write(_sse(name, _result_body(reply)))
         await response.write_eof()
         return response
+
+    async def _next(self, message_id: int, events: asyncio.Queue[ReplyEvent]) -> ReplyEvent:
+        """The next event; a ``done`` one carries the reply, read from the store if need be.
+
+        When replies come from other processes an event can be lost (Redis reconnecting),
+        so the store is also asked every ``STORE_POLL_SECONDS`` without news.
+        """
+        while True:
+            try:
+                if self._bus.local:
+                    event = await events.get()
+                else:
+                    event = await asyncio.wait_for(events.get(), STORE_POLL_SECONDS)
+            except TimeoutError:
+                event = ReplyEvent(message_id, done=True)
+            if not event.done or event.reply is not None:
+                return event
+            reply = await self._engine.result(message_id)
+            if reply is not None:
+                return ReplyEvent(message_id, done=True, reply=reply)
 
 
 def _sse(event: str, data: Any) -> bytes:

@@ -159,7 +159,7 @@ def create_app(
             yield
 
     async def adapters_ctx(app: web.Application) -> AsyncIterator[None]:
-        adapters = build_adapters(settings, app[RUNTIME].engine)
+        adapters = build_adapters(settings, app[RUNTIME].engine, app[RUNTIME].bus)
         app[ADAPTERS] = {adapter.platform: adapter for adapter in adapters}
         try:
             for adapter in adapters:

@@ -48,6 +48,32 @@ def _parser() -> argparse.ArgumentParser:
         help="only accept webhooks; separate workers send the replies (needs REDIS_URL)",
     )
 
+    worker = commands.add_parser(
+        "worker",
+        help="answer messages from the shared Redis queue (needs REDIS_URL)",
+        description="Reply processing alone: take jobs from the queue shared through Redis, "
+        "answer them and deliver the replies. Run as many as load needs, on any number of "
+        "machines. SIGTERM stops taking jobs, finishes or hands back those in flight "
+        "within SHUTDOWN_GRACE_SECONDS, and exits 0.",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="conversations answered at once (default: WORKER_CONCURRENCY, else 100)",
+    )
+    queue = commands.add_parser(
+        "queue",
+        help="inspect the shared Redis queue, or requeue its dead letters",
+        description="The shared Redis queue (needs REDIS_URL).",
+    )
+    queue_actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stats = queue_actions.add_parser(
+        "stats", help="jobs waiting and in flight, dead letters, oldest age, queue wait"
+    )
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    queue_actions.add_parser(
+        "retry-dead", help="queue the dead-lettered jobs again (a stored reply is only delivered)"
+    )
     commands.add_parser(
         "migrate",
         help="apply database migrations (alembic upgrade head) to DATABASE_URL",
@@ -118,6 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, args.host, args.port, no_worker=args.no_worker)
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command in ("worker", "queue"):
+            from bot import worker_cli
+
+            if settings.redis_url is None:
+                print(f"zapa: {args.command} needs REDIS_URL (the shared queue)", file=sys.stderr)
+                return 2
+            if args.command == "worker":
+                return worker_cli.run_worker(settings, args.concurrency)
+            return asyncio.run(
+                worker_cli.queue_command(
+                    settings, args.action, as_json=args.json if args.action == "stats" else False
+                )
+            )
         if args.command == "telegram":
             return asyncio.run(_telegram(settings, args))
         if args.command == "slack":
@@ -227,12 +266,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, no_worker:
 
     from bot.app import create_app
 
-    if no_worker:
-        # A pure web process needs workers elsewhere, consuming a queue shared through Redis;
-        # until that queue exists, accepting without answering would strand every message.
+    if no_worker and settings.redis_url is None:
+        # Without the shared queue nothing would ever answer what this process accepts.
         print(
-            "zapa: --no-worker needs the shared Redis reply queue and `zapa worker`, "
-            "which this version does not have yet; run `zapa serve` without it",
+            "zapa: --no-worker needs REDIS_URL: workers (`zapa worker`) take the jobs from "
+            "the queue shared through Redis",
             file=sys.stderr,
         )
         return 2

@@ -119,6 +119,7 @@ class Engine:
             )
             if first is not None:
                 metrics.TURNS.labels("duplicate").inc()
+                await self._requeue_unanswered(first)
                 return Acceptance(Outcome.DUPLICATE, first)
         status = MessageStatus.RECEIVED
         retry_after = 0.0
@@ -147,6 +148,16 @@ class Engine:
         await self._enqueue(stored)
         return Acceptance(Outcome.QUEUED, stored.id, queued=True)
 
+    async def _requeue_unanswered(self, message_id: int) -> None:
+        """Queue a redelivered message again if it is still waiting for its answer.
+
+        Its first delivery may have been stored while the queue was down (the platform got
+        a 503 and retried); queuing is idempotent, so a job already queued stays one job.
+        """
+        first = await self._store.get_message(message_id)
+        if first is not None and first.status is MessageStatus.RECEIVED:
+            await self._enqueue(first, fresh=False)
+
     async def message(self, message_id: int) -> StoredMessage | None:
         """A stored inbound message."""
         return await self._store.get_message(message_id)
@@ -160,17 +171,19 @@ class Engine:
         return await self._limiter.usage(rate_key(platform, user_id))
 
     async def recover(self, limit: int = 10_000) -> int:
-        """Queue again the messages accepted but not finished when the process stopped.
+        """Queue again the messages accepted but not finished (a stop, a lost queue); how many.
 
         Only those of platforms this process delivers to: another process (or this one,
         once the adapter is on again) answers the rest, instead of this one giving up.
+        Messages whose job is still queued are left as they are.
         """
         pending = [m for m in await self._store.unfinished(limit) if m.platform in self._senders]
+        queued = 0
         for message in pending:
-            await self._enqueue(message, fresh=False)
-        if pending:
-            logger.info("recovered_messages", count=len(pending))
-        return len(pending)
+            queued += await self._enqueue(message, fresh=False)
+        if queued:
+            logger.info("recovered_messages", count=queued)
+        return queued
 
     async def process(self, job: Job) -> None:
         """Answer the job's message, or finish delivering its stored reply.
@@ -213,8 +226,8 @@ class Engine:
         except Exception as exc:
             logger.error("apology_undelivered", message_id=message.id, error=repr(exc))
 
-    async def _enqueue(self, message: StoredMessage, *, fresh: bool = True) -> None:
-        await self._queue.put(
+    async def _enqueue(self, message: StoredMessage, *, fresh: bool = True) -> bool:
+        return await self._queue.put(
             Job(
                 message.id,
                 message.conversation_id,

@@ -18,3 +18,26 @@ RATE_LIMIT_HITS: Final = "hit"
 
 RATE_LIMIT_NOTICES: Final = "notice"
 """Namespace of the "you are over the limit" notices, one per user and window period."""
+
+REPLY_EVENTS: Final = f"{PREFIX}:replies"
+"""Pub/sub channel of reply events (deltas, "done") for web processes holding requests."""
+
+# The queue's keys share one hash tag, so its scripts also run on a Redis Cluster.
+QUEUE: Final = f"{{{PREFIX}:q}}"
+QUEUE_READY: Final = f"{QUEUE}:ready"
+"""Stream with one entry per conversation that has jobs; its consumer group hands them out."""
+QUEUE_GROUP: Final = "workers"
+"""The consumer group of :data:`QUEUE_READY`; a pending entry is a conversation being worked on."""
+QUEUE_JOBS: Final = f"{QUEUE}:jobs"
+"""Hash of message id → job (attempt, request id, the message when fresh)."""
+QUEUE_DEAD: Final = f"{QUEUE}:dead"
+"""Stream of jobs given up on after every attempt, for ``zapa queue retry-dead``."""
+QUEUE_DEAD_IDS: Final = f"{QUEUE}:dead-ids"
+"""Set of the message ids in :data:`QUEUE_DEAD`, so recovery does not queue them again."""
+QUEUE_WAITS: Final = f"{QUEUE}:waits"
+"""The last thousand queue waits in milliseconds, for ``zapa queue stats``."""
+
+
+def queue_lane(conversation_id: int) -> str:
+    """The list of one conversation's queued message ids, oldest first."""
+    return f"{QUEUE}:lane:{conversation_id}"

@@ -50,3 +50,9 @@ QUEUE_DEPTH = Gauge(
     "Jobs waiting or in flight in this process's view of the reply queue.",
     registry=REGISTRY,
 )
+QUEUE_WAIT = Histogram(
+    "zapa_queue_wait_seconds",
+    "Time from enqueueing a job to a worker taking it (shared Redis queue).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)

@@ -6,6 +6,7 @@ implement them; only the runtime factory picks which.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -208,12 +209,13 @@ class Queue(Protocol):
     """At-least-once delivery of jobs, one conversation at a time, in arrival order.
 
     A job handed out by :meth:`get` stays owned until :meth:`ack` (done, after its reply is
-    stored and delivered) or :meth:`retry` (hand it back); no other job of the same
-    conversation is handed out meanwhile.
+    stored and delivered), :meth:`retry` (hand it back) or :meth:`bury` (give up on it); no
+    other job of the same conversation is handed out meanwhile. A message has at most one
+    job queued: putting it again while it is queued or in flight changes nothing.
     """
 
-    async def put(self, job: Job) -> None:
-        """Enqueue a job."""
+    async def put(self, job: Job) -> bool:
+        """Enqueue a job, unless one for the same message is queued already; whether it was."""
         ...
 
     async def get(self) -> Job:
@@ -228,6 +230,46 @@ class Queue(Protocol):
         """Hand the job back to run again after ``delay`` seconds, ahead of its successors."""
         ...
 
+    async def bury(self, job: Job, error: str) -> None:
+        """The job failed for good: keep it for the operator (dead letters) and release it."""
+        ...
+
     async def depth(self) -> int:
         """Jobs waiting or in flight."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop handing out jobs; hand owned ones back for another process to take."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEvent:
+    """News of a reply for whoever waits on it: a piece of text, or ``done`` (it is stored)."""
+
+    message_id: int
+    delta: str | None = None
+    done: bool = False
+    # The stored reply, when the event never left the process; otherwise read from the store.
+    reply: Reply | None = field(default=None, compare=False)
+
+
+class ReplyBus(Protocol):
+    """Carries reply events from the process that makes a reply to the one holding the request.
+
+    ``local`` is true when both are always the same process; otherwise an event can be
+    missed (a reconnect), so listeners also look in the store now and then.
+    """
+
+    @property
+    def local(self) -> bool:
+        """Whether replies are made in this process only."""
+        ...
+
+    def listen(self, message_id: int) -> AbstractAsyncContextManager[asyncio.Queue[ReplyEvent]]:
+        """Receive the events of one message while the context is open."""
+        ...
+
+    async def publish(self, event: ReplyEvent) -> None:
+        """Tell the listeners of ``event.message_id``, in whichever process they are."""
         ...

@@ -23,18 +23,24 @@ class MemoryQueue:
     """
 
     def __init__(self) -> None:
+        self._queued: set[int] = set()  # message ids with a job waiting or in flight
+        self.dead: deque[tuple[Job, str]] = deque(maxlen=1000)
         self._lanes: dict[int, deque[Job]] = {}
         self._busy: set[int] = set()
         self._ready: asyncio.Queue[int] = asyncio.Queue()
         self._timers: set[asyncio.TimerHandle] = set()
 
-    async def put(self, job: Job) -> None:
-        """Append the job to its conversation's lane."""
+    async def put(self, job: Job) -> bool:
+        """Append the job to its conversation's lane, unless its message is queued already."""
+        if job.message_id in self._queued:
+            return False
+        self._queued.add(job.message_id)
         lane = self._lanes.setdefault(job.conversation_id, deque())
         was_idle = not lane and job.conversation_id not in self._busy
         lane.append(job)
         if was_idle:
             self._ready.put_nowait(job.conversation_id)
+        return True
 
     async def get(self) -> Job:
         """Wait for the oldest job of a conversation that has nothing in flight."""
@@ -44,7 +50,13 @@ class MemoryQueue:
 
     async def ack(self, job: Job) -> None:
         """Release the job's conversation for its next job."""
+        self._queued.discard(job.message_id)
         self._release(job.conversation_id)
+
+    async def bury(self, job: Job, error: str) -> None:
+        """Keep the last thousand given-up jobs for inspection, and release the conversation."""
+        self.dead.append((job, error))
+        await self.ack(job)
 
     async def retry(self, job: Job, delay: float) -> None:
         """Put the job back at the head of its lane, runnable again after ``delay`` seconds."""
@@ -64,7 +76,7 @@ class MemoryQueue:
         """Jobs waiting plus conversations with a job in flight."""
         return sum(len(lane) for lane in self._lanes.values()) + len(self._busy)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Cancel pending retry timers; the store still knows every unfinished message."""
         for handle in self._timers:
             handle.cancel()

@@ -6,6 +6,7 @@ This is where concrete classes meet the engine's ports; nothing else picks them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 
+from bot.bus import MemoryBus, RedisBus
 from bot.engine import Engine, EngineConfig
 from bot.errors import DependencyUnavailable
 from bot.llm import build_responder
 from bot.ports import ConversationStore, RateLimiter, Responder
 from bot.queue import MemoryQueue
 from bot.ratelimit import build_rate_limiter
+from bot.redis_queue import RedisQueue
 from bot.worker import Worker
 from config import Settings
 from storage.db import open_database
@@ -40,7 +43,8 @@ class Runtime:
     store: ConversationStore
     limiter: RateLimiter
     responder: Responder
-    queue: MemoryQueue
+    queue: MemoryQueue | RedisQueue
+    bus: MemoryBus
     redis: aioredis.Redis | None
 
 
@@ -81,8 +85,21 @@ async def open_runtime(settings: Settings, *, migrate: bool = False) -> AsyncIte
         responder = build_responder(settings)
         stack.push_async_callback(responder.aclose)
 
-        queue = MemoryQueue()
-        stack.callback(queue.close)
+        # With Redis, jobs and reply events are shared by every process; without, one
+        # process receives and answers.
+        queue: MemoryQueue | RedisQueue
+        bus: MemoryBus
+        if redis is not None:
+            queue = RedisQueue(
+                redis,
+                capacity=settings.worker_concurrency,
+                lease_seconds=settings.queue_lease_seconds,
+            )
+            bus = RedisBus(redis)
+        else:
+            queue, bus = MemoryQueue(), MemoryBus()
+        stack.push_async_callback(bus.aclose)
+        stack.push_async_callback(queue.aclose)
         engine = Engine(
             store=store,
             limiter=limiter,
@@ -93,7 +110,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = False) -> AsyncIte
                 history_max_tokens=settings.history_max_tokens,
             ),
         )
-        yield Runtime(settings, engine, store, limiter, responder, queue, redis)
+        yield Runtime(settings, engine, store, limiter, responder, queue, bus, redis)
 
 
 @asynccontextmanager
@@ -101,18 +118,47 @@ async def answering(runtime: Runtime, *, concurrency: int | None = None) -> Asyn
     """Workers answering the runtime's queue, stopped within the shutdown grace on exit.
 
     Messages left unfinished by the last run are queued first; if the database is down
-    now, they wait for the next start rather than keep this one from starting.
+    now, they wait for the next start rather than keep this one from starting. With the
+    shared Redis queue this is repeated every lease period: a job lost with Redis's data
+    (a restart without persistence), or never queued because Redis was down right after
+    the message was stored, is queued again; a job still queued is left alone.
     """
     settings = runtime.settings
+    concurrency = concurrency or settings.worker_concurrency
+    shared = isinstance(runtime.queue, RedisQueue)
+    if isinstance(runtime.queue, RedisQueue):
+        runtime.queue.capacity = concurrency  # take on no more conversations than it runs
     worker = Worker(
-        runtime.engine, runtime.queue, concurrency=concurrency or settings.worker_concurrency
+        runtime.engine,
+        runtime.queue,
+        concurrency=concurrency,
+        max_attempts=settings.job_max_attempts,
+        retry_base=settings.job_retry_seconds,
     )
     worker.start()
+    sweeping = asyncio.create_task(
+        _recover(runtime, every=settings.queue_lease_seconds if shared else None)
+    )
     try:
+        yield worker
+    finally:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
+        if isinstance(runtime.queue, RedisQueue):
+            await runtime.queue.pause()  # other workers take what this one has not started
+        await worker.stop(settings.shutdown_grace_seconds)
+
+
+async def _recover(runtime: Runtime, *, every: float | None) -> None:
+    """Queue unfinished messages again now, then every ``every`` seconds if given."""
+    while True:
         try:
             await runtime.engine.recover()
         except DependencyUnavailable as exc:
             logger.warning("recovery_failed", error=str(exc))
-        yield worker
-    finally:
-        await worker.stop(settings.shutdown_grace_seconds)
+        except Exception:
+            logger.exception("recovery_failed")
+        if every is None:
+            return
+        await asyncio.sleep(every)

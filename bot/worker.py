@@ -102,4 +102,4 @@ class Worker:
             await self._engine.give_up(job, exc)
         except Exception as final:
             logger.error("job_give_up_failed", error=repr(final))
-        await self._queue.ack(job)
+        await self._queue.bury(job, repr(exc))

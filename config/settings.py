@@ -121,6 +121,9 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(default=100, ge=1, le=10_000)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    queue_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
+    job_max_attempts: int = Field(default=5, ge=1, le=100)
+    job_retry_seconds: float = Field(default=1.0, gt=0, le=3600)
 
     @field_validator("database_url")
     @classmethod

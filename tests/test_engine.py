@@ -67,7 +67,7 @@ async def running_rig(
         yield Rig(engine, store, queue, sender, fake, worker)
     finally:
         await worker.stop(1.0)
-        queue.close()
+        await queue.aclose()
         await responder.aclose()
         await db.dispose()
 
@@ -111,7 +111,7 @@ async def test_retried_job_comes_back_first_after_its_delay() -> None:
             await queue.get()
     again = await queue.get()
     assert (again.message_id, again.attempt) == (1, 2)
-    queue.close()
+    await queue.aclose()
 
 
 async def test_undelivered_reply_is_redelivered_without_asking_the_model_again(rig: Rig) -> None:

@@ -262,10 +262,9 @@ async def test_serve_on_embedded_defaults_answers_and_stops_cleanly_on_sigterm(
     assert any(line.get("event") == "request" and line.get("request_id") for line in lines)
 
 
-def test_serve_without_worker_is_refused_until_workers_can_share_a_queue(tmp_path: Path) -> None:
-    result = _zapa(
-        "serve", "--no-worker", env={"REDIS_URL": "redis://127.0.0.1:6379/15"}, cwd=tmp_path
-    )
+def test_serve_without_worker_needs_the_shared_queue(tmp_path: Path) -> None:
+    result = _zapa("serve", "--no-worker", env={}, cwd=tmp_path)
     assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr
     assert "zapa worker" in result.stderr
     assert not (tmp_path / "zapa.db").exists()
