@@ -26,10 +26,10 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -68,13 +68,16 @@ its buckets). Exit status 1 if the service fails to start or any request is lost
 """
 
 
+S = TypeVar("S")
+
+
 class ServiceFailed(Exception):
     """The service or one of its helpers failed; the message carries their output."""
 
 
 @dataclass
-class Phase:
-    """The measurements of one phase against one service."""
+class LoadPhase:
+    """One phase of load and what the load generators saw of it."""
 
     name: str
     mode: str
@@ -89,11 +92,17 @@ class Phase:
     conversations_per_second: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     overhead_ms: dict[str, float] = field(default_factory=dict)
+    max_send_lag_ms: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Phase(LoadPhase):
+    """The measurements of one phase against one service, its own metrics included."""
+
     server_overhead_ms: dict[str, float] = field(default_factory=dict)
     server_overhead_within_budget: float | None = None
     server_model_latency_ms: float | None = None
-    max_send_lag_ms: float = 0.0
-    cpu: dict[str, float] = field(default_factory=dict)
     server_peak_rss_mb: float = 0.0
 
 
@@ -107,13 +116,15 @@ def _python_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _stop(process: subprocess.Popen[Any], grace: float) -> None:
+def stop_process(process: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``grace`` seconds."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -140,7 +151,7 @@ def fake_model(latency: float) -> Iterator[tuple[str, int]]:
             raise ServiceFailed("the fake model did not start")
         yield base_url, process.pid
     finally:
-        _stop(process, 5)
+        stop_process(process, 5)
 
 
 @dataclass
@@ -157,8 +168,7 @@ class Service:
             return body
 
     def stderr_tail(self, lines: int = 20, width: int = 400) -> str:
-        tail = self.log.read_text(errors="replace").splitlines()[-lines:]
-        return "\n".join(line if len(line) <= width else line[:width] + " …" for line in tail)
+        return log_tail(self.log, lines, width)
 
     def wait_idle(self, timeout: float = 120.0) -> None:
         """Wait until the reply queue is empty, so no phase inherits another's backlog."""
@@ -170,14 +180,26 @@ class Service:
             time.sleep(0.2)
 
 
+def log_tail(log: Path, lines: int = 20, width: int = 400) -> str:
+    """The last ``lines`` lines of a process's log, each cut at ``width`` characters."""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(line if len(line) <= width else line[:width] + " …" for line in tail)
+
+
 @contextlib.contextmanager
-def service(env: dict[str, str], workdir: Path) -> Iterator[Service]:
-    """Start the service, wait until ``/health`` answers, stop it on exit."""
-    port = _free_port()
-    log = workdir / "service.log"
+def service(
+    env: dict[str, str], workdir: Path, extra_args: Sequence[str] = (), name: str = "service"
+) -> Iterator[Service]:
+    """Start ``zapa serve [extra_args]``, wait until ``/health`` answers, stop it on exit.
+
+    Its output goes to ``workdir/<name>.log``.
+    """
+    port = free_port()
+    log = workdir / f"{name}.log"
+    address = ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "bot", "serve", *address, *extra_args],
             cwd=workdir,  # no stray .env file is read
             env=env,
             stdout=sink,
@@ -202,7 +224,7 @@ def service(env: dict[str, str], workdir: Path) -> Iterator[Service]:
             time.sleep(0.1)
         yield running
     finally:
-        _stop(process, 15)
+        stop_process(process, 15)
 
 
 @contextlib.contextmanager
@@ -269,7 +291,7 @@ async def _postgres(url: str, statement: str) -> None:
 # -- measuring -----------------------------------------------------------------------------
 
 
-def _proc_cpu_seconds(pid: int) -> float:
+def proc_cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds of a live process, from ``/proc/PID/stat``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
@@ -282,7 +304,8 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _machine_busy_idle() -> tuple[int, int]:
+def machine_busy_idle() -> tuple[int, int]:
+    """Clock ticks all CPUs spent busy and idle since boot, from ``/proc/stat``."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]  # idle + iowait
     return sum(values) - idle, idle
@@ -354,15 +377,16 @@ class Snapshot:
         text = running.get("/metrics").decode()
         return cls(
             time.perf_counter(),
-            _proc_cpu_seconds(running.process.pid),
-            _proc_cpu_seconds(fake_pid),
-            _machine_busy_idle(),
+            proc_cpu_seconds(running.process.pid),
+            proc_cpu_seconds(fake_pid),
+            machine_busy_idle(),
             Histogram.scrape(text, "zapa_engine_overhead_seconds"),
             Histogram.scrape(text, "zapa_model_latency_seconds"),
         )
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float], points: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
+    """Percentiles ``p<point>`` and the maximum of ``values`` (seconds), in milliseconds."""
     if not values:
         return {}
     ordered = sorted(values)
@@ -370,35 +394,35 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     def pick(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return {
-        "p50": round(pick(0.50) * 1000, 2),
-        "p90": round(pick(0.90) * 1000, 2),
-        "p99": round(pick(0.99) * 1000, 2),
-        "max": round(ordered[-1] * 1000, 2),
-    }
+    picked = {f"p{point}": round(pick(point / 100) * 1000, 2) for point in points}
+    return picked | {"max": round(ordered[-1] * 1000, 2)}
 
 
-def run_phase(
-    running: Service,
-    fake_pid: int,
-    phase: Phase,
-    args: argparse.Namespace,
+def run_load(
+    phase: LoadPhase,
+    base_urls: Sequence[str],
+    workers: int,
     tag: str,
-) -> Phase:
-    """Run one phase with ``--workers`` load processes and fill in its measurements."""
+    snapshot: Callable[[], S],
+) -> tuple[list[WorkerResult], S, S]:
+    """Run ``phase`` from ``workers`` load processes, sending to ``base_urls`` in turn.
+
+    ``snapshot`` is taken once every load process is ready to start and again once all have
+    reported; the load processes' results come back with both snapshots.
+    """
     context = multiprocessing.get_context("spawn")
-    start = context.Barrier(args.workers + 1)
+    start = context.Barrier(workers + 1)
     results: multiprocessing.Queue[WorkerResult] = context.Queue()
     processes = []
-    for worker in range(args.workers):
-        share = (phase.concurrency or 0) // args.workers
-        share += int(worker < (phase.concurrency or 0) % args.workers)
+    for worker in range(workers):
+        share = (phase.concurrency or 0) // workers
+        share += int(worker < (phase.concurrency or 0) % workers)
         plan = Plan(
-            url=running.base_url + "/webhooks/generic",
+            urls=tuple(url + "/webhooks/generic" for url in base_urls),
             token=TOKEN,
             tag=f"{tag}-{phase.name}",
             worker=worker,
-            workers=args.workers,
+            workers=workers,
             mode="rate" if phase.mode == "rate" else "closed",
             duration=phase.duration,
             rate=phase.offered_rate or 0.0,
@@ -408,12 +432,24 @@ def run_phase(
         process.start()
         processes.append(process)
     start.wait(timeout=60)
-    before = Snapshot.take(running, fake_pid)
+    before = snapshot()
     outcomes = [results.get(timeout=phase.duration + 120) for _ in processes]
-    after = Snapshot.take(running, fake_pid)
+    after = snapshot()
     for process in processes:
         process.join(10)
+    return outcomes, before, after
 
+
+def tally(
+    phase: LoadPhase,
+    outcomes: list[WorkerResult],
+    model_latency: float,
+    points: Sequence[int] = (50, 90, 99),
+) -> None:
+    """Fill in what the load generators saw: answers, losses, rate, latency, send lag.
+
+    ``points`` are the latency percentiles kept.
+    """
     samples: list[Sample] = [s for outcome in outcomes for s in outcome.samples]
     wall = max(outcome.wall_seconds for outcome in outcomes)
     good = [s.latency for s in samples if s.ok]
@@ -429,9 +465,24 @@ def run_phase(
         phase.conversations_per_second = round(done / phase.duration, 1)
     else:
         phase.conversations_per_second = round(phase.ok / wall, 1) if wall else 0.0
-    phase.latency_ms = _percentiles(good)
-    overheads = _percentiles([latency - args.model_latency for latency in good])
+    phase.latency_ms = percentiles(good, points)
+    overheads = percentiles([latency - model_latency for latency in good])
     phase.overhead_ms = {k: overheads[k] for k in ("p50", "p99")} if overheads else {}
+    phase.max_send_lag_ms = round(max(o.max_send_lag for o in outcomes) * 1000, 2)
+
+
+def run_phase(
+    running: Service,
+    fake_pid: int,
+    phase: Phase,
+    args: argparse.Namespace,
+    tag: str,
+) -> Phase:
+    """Run one phase with ``--workers`` load processes and fill in its measurements."""
+    outcomes, before, after = run_load(
+        phase, [running.base_url], args.workers, tag, lambda: Snapshot.take(running, fake_pid)
+    )
+    tally(phase, outcomes, args.model_latency)
     served = after.overhead - before.overhead
     if served.count:
         phase.server_overhead_ms = {
@@ -444,7 +495,6 @@ def run_phase(
     model = after.model - before.model
     if model.count:
         phase.server_model_latency_ms = round(model.total / model.count * 1000, 2)
-    phase.max_send_lag_ms = round(max(o.max_send_lag for o in outcomes) * 1000, 2)
     elapsed = after.at - before.at
     busy = after.machine[0] - before.machine[0]
     idle = after.machine[1] - before.machine[1]
@@ -488,7 +538,8 @@ def run_backend(
 # -- reporting -----------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
+def fmt(value: float | None, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals, or ``-`` for none."""
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -502,7 +553,7 @@ def print_table(backend: str, phases: list[Phase]) -> None:
     )
     print(head + "\n" + "-" * len(head))
     for p in phases:
-        median = _fmt(p.server_overhead_ms.get("p50"), 2)
+        median = fmt(p.server_overhead_ms.get("p50"), 2)
         if p.server_overhead_ms.get("p50", 0) >= OVERHEAD_TOP_BUCKET * 1000:
             median = f">={median[:-3]}"  # past the histogram's last finite bucket
         within = p.server_overhead_within_budget
@@ -511,12 +562,12 @@ def print_table(backend: str, phases: list[Phase]) -> None:
         print(
             f"{p.name:<7} {p.sent:>6} {p.ok:>6} {p.lost:>4} {p.duplicates:>3} "
             f"{p.conversations_per_second:>7.1f} "
-            f"{_fmt(p.latency_ms.get('p50')):>7} {_fmt(p.latency_ms.get('p90')):>7} "
-            f"{_fmt(p.latency_ms.get('p99')):>7} {_fmt(p.overhead_ms.get('p50')):>7} "
-            f"{_fmt(p.overhead_ms.get('p99')):>7} "
-            f"{_fmt(p.server_overhead_ms.get('mean'), 2):>12} "
+            f"{fmt(p.latency_ms.get('p50')):>7} {fmt(p.latency_ms.get('p90')):>7} "
+            f"{fmt(p.latency_ms.get('p99')):>7} {fmt(p.overhead_ms.get('p50')):>7} "
+            f"{fmt(p.overhead_ms.get('p99')):>7} "
+            f"{fmt(p.server_overhead_ms.get('mean'), 2):>12} "
             f"{median:>6} "
-            f"{_fmt(within, 0):>5}%"
+            f"{fmt(within, 0):>5}%"
             f"  {others}"
         )
     print(
@@ -529,10 +580,10 @@ def print_table(backend: str, phases: list[Phase]) -> None:
     print(head + "\n" + "-" * len(head))
     for p in phases:
         print(
-            f"{p.name:<7} {_fmt(p.offered_rate, 0):>8} {_fmt(p.concurrency, 0):>5} "
+            f"{p.name:<7} {fmt(p.offered_rate, 0):>8} {fmt(p.concurrency, 0):>5} "
             f"{p.cpu['server']:>7.2f} {p.cpu['load_generator']:>7.2f} "
             f"{p.cpu['fake_model']:>6.2f} {p.cpu['machine_busy_percent']:>7.1f}% "
-            f"{p.server_peak_rss_mb:>6.1f}MB {_fmt(p.server_model_latency_ms, 1):>8} "
+            f"{p.server_peak_rss_mb:>6.1f}MB {fmt(p.server_model_latency_ms, 1):>8} "
             f"{p.max_send_lag_ms:>8.1f}"
         )
     print(
@@ -562,8 +613,8 @@ def print_budgets(verdict: dict[str, Any]) -> None:
 
     print(
         f"{mark(verdict['engine_overhead_median_under_5ms'])}  engine overhead median < 5 ms: "
-        f"{_fmt(verdict['engine_overhead_median_ms'], 2)} ms in the service "
-        f"({_fmt(verdict['client_overhead_median_ms'], 2)} ms as the client sees it)"
+        f"{fmt(verdict['engine_overhead_median_ms'], 2)} ms in the service "
+        f"({fmt(verdict['client_overhead_median_ms'], 2)} ms as the client sees it)"
     )
     print(
         f"{mark(verdict['at_least_200_per_second'])}  >= 200 conversations/s: "

@@ -3,7 +3,8 @@
 Every request is a new conversation with its own text, so a reply proves it answered that
 request. Two modes: ``rate`` sends on a fixed schedule whatever the answers do (open loop;
 latency counts from the scheduled time, so a stalled server cannot hide its queueing), and
-``closed`` keeps ``concurrency`` requests in flight for ``duration`` seconds.
+``closed`` keeps ``concurrency`` requests in flight for ``duration`` seconds. A worker sends
+its requests to its plan's URLs in turn, so several web processes share the load evenly.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 class Plan:
     """What one worker process sends in one phase."""
 
-    url: str
+    urls: tuple[str, ...]  # webhook URLs; request ``k`` of a worker goes to ``urls[k % len]``
     token: str
     tag: str  # makes conversation ids unique across runs, phases and workers
     worker: int
@@ -124,8 +125,9 @@ async def _converse(
     text = f"hello from {conversation}"
     body = orjson.dumps({"conversation_id": conversation, "user_id": conversation, "text": text})
     headers = {"Authorization": f"Bearer {plan.token}", "Content-Type": "application/json"}
+    url = plan.urls[number % len(plan.urls)]
     try:
-        async with session.post(plan.url, data=body, headers=headers) as response:
+        async with session.post(url, data=body, headers=headers) as response:
             status = response.status
             payload = await response.read()
     except TimeoutError:

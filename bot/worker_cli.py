@@ -36,7 +36,7 @@ async def _work(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
         # The adapters' senders deliver the replies; their webhook routes stay unused here.
         adapters = build_adapters(settings, runtime.engine, runtime.bus)
         try:

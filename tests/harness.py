@@ -12,10 +12,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from bot.app import create_app
 from config import Settings
+from storage.db import open_database
+from storage.models import Message
 from tests.fake_server import FakeServer
 
 CLOSED_PORT = 9  # discard: nothing listens there
@@ -111,3 +114,13 @@ class Receiver(FakeServer):
         async with asyncio.timeout(seconds), self.arrived:
             await self.arrived.wait_for(lambda: len(self.received) >= count)
         return [orjson.loads(body) for _, body in self.received]
+
+
+async def stored_texts(database_url: str) -> list[str]:
+    """The text of every stored message, in order."""
+    db = open_database(database_url, 1)
+    try:
+        query = select(Message.text).order_by(Message.id)
+        return list(await db.run(lambda connection: connection.scalars(query).all()))
+    finally:
+        await db.dispose()

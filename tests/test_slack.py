@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from storage.db import open_database
-from storage.models import Message, User
+from storage.models import User
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import (
     BOT_ID,
@@ -27,7 +27,7 @@ from tests.fake_slack import (
     sign,
     slash_command,
 )
-from tests.harness import CLOSED_PORT, running, settings
+from tests.harness import CLOSED_PORT, running, settings, stored_texts
 
 TOKEN = "xoxb-test"
 SIGNING_SECRET = "slack-signing-secret-123"
@@ -114,15 +114,6 @@ async def bot_replies(slack: FakeSlack, channel: str, count: int) -> list[dict[s
             if len(mine) >= count and quiet:
                 return mine
             await asyncio.sleep(0.05)
-
-
-async def stored_texts(database_url: str) -> list[str]:
-    db = open_database(database_url, 1)
-    try:
-        query = select(Message.text).order_by(Message.id)
-        return list(await db.run(lambda connection: connection.scalars(query).all()))
-    finally:
-        await db.dispose()
 
 
 async def test_url_verification_answers_the_challenge(client: TestClient[Any, Any]) -> None:
