@@ -291,10 +291,16 @@ async def _postgres(url: str, statement: str) -> None:
 # -- measuring -----------------------------------------------------------------------------
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a live process, from ``/proc/PID/stat``."""
+def proc_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User plus system CPU seconds of a live process, from ``/proc/PID/stat``.
+
+    With ``reaped_children``, those of its children that exited and were waited for, too.
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -70,8 +70,9 @@ Each phase starts once the shared queue is empty again.
 "lost" is sent minus answered correctly (200 with a reply echoing the request's own text).
 CPU is in cores (1.0 = one core busy for the whole phase): web and worker are the sums over
 their processes, "busiest" the busiest single worker; postgres and redis count every
-process of those servers on this machine, whoever it serves. Exit status 1 if a process
-fails or any request is lost.
+process of those servers on this machine, whoever it serves; "other" is the rest of the
+machine's busy time (the kernel, anything else running). Exit status 1 if a process fails
+or any request is lost.
 """
 
 
@@ -196,16 +197,22 @@ def cluster(
 
 
 def _wait_for_workers(running: Cluster, redis_url: str, count: int) -> None:
-    """Wait until ``count`` consumers read the queue (Redis was flushed: all are ours)."""
+    """Wait until ``count`` connections read the queue's stream in our Redis database.
+
+    Not the consumer group's consumers: Redis 7.0 makes a consumer only once a read returns
+    an entry, so idle workers are not listed there.
+    """
     client = redis.Redis.from_url(redis_url)
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
     try:
         deadline = time.monotonic() + START_SECONDS
         while True:
             running.check()
-            try:
-                reading = len(client.xinfo_consumers(keys.QUEUE_READY, keys.QUEUE_GROUP))
-            except redis.ResponseError:  # no stream or group until the first worker reads
-                reading = 0
+            reading = sum(
+                1
+                for c in client.client_list()
+                if int(c.get("db", -1)) == db and c.get("cmd") == "xreadgroup"
+            )
             if reading >= count:
                 return
             if time.monotonic() > deadline:
@@ -252,14 +259,18 @@ def clear_queue_waits(redis_url: str) -> None:
 
 
 def _cpu_of_command(command: str) -> dict[int, float]:
-    """CPU seconds of every process named ``command``, by pid."""
+    """CPU seconds of every process named ``command``, by pid.
+
+    Children that exited count with their parent: Postgres starts a backend per connection,
+    and one opened and closed during a phase would otherwise be missed.
+    """
     found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
             if (entry / "comm").read_text().strip() == command:
-                found[int(entry.name)] = proc_cpu_seconds(int(entry.name))
+                found[int(entry.name)] = proc_cpu_seconds(int(entry.name), reaped_children=True)
     return found
 
 
@@ -281,14 +292,16 @@ class CpuSnapshot:
     def cores_since(self, before: CpuSnapshot, kind: str) -> list[float]:
         """Cores each process of ``kind`` used since ``before``.
 
-        A process started meanwhile counts whole; one that ended meanwhile is missed.
+        A process started meanwhile counts whole. One that ended meanwhile is counted whole
+        in its parent's reaped children (for the servers), so what it had used before is
+        taken off again.
         """
         elapsed = self.at - before.at
         earlier = before.seconds.get(kind, {})
-        return [
-            (seconds - earlier.get(pid, 0.0)) / elapsed
-            for pid, seconds in self.seconds.get(kind, {}).items()
-        ]
+        now = self.seconds.get(kind, {})
+        used = [(seconds - earlier.get(pid, 0.0)) / elapsed for pid, seconds in now.items()]
+        ended = sum(seconds for pid, seconds in earlier.items() if pid not in now)
+        return used + ([-ended / elapsed] if ended else [])
 
 
 def run_phase(
@@ -321,7 +334,10 @@ def run_phase(
         for kind in ("web", "worker", "fake_model", *SERVERS)
     }
     phase.cpu["load_generator"] = round(sum(o.cpu_seconds for o in outcomes) / elapsed, 2)
-    phase.cpu["machine_busy_percent"] = round(100 * busy / (busy + idle), 1) if busy + idle else 0.0
+    share = busy / (busy + idle) if busy + idle else 0.0
+    # Whatever else kept the machine busy: the kernel, and other work on a shared machine.
+    phase.cpu["other"] = round(max(0.0, share * (os.cpu_count() or 1) - sum(phase.cpu.values())), 2)
+    phase.cpu["machine_busy_percent"] = round(100 * share, 1)
     phase.busiest_cpu = {
         kind: round(max(after.cores_since(before, kind), default=0.0), 2)
         for kind in ("web", "worker")
@@ -401,7 +417,7 @@ def print_tables(outcomes: list[Outcome]) -> None:
         "(max = closed loop at --concurrency connections; half = open loop at half of max/s; "
         "latency and queue waits in ms; lost over all phases)"
     )
-    kinds = ("web", "worker", "fake_model", "load_generator", *SERVERS)
+    kinds = ("web", "worker", "fake_model", "load_generator", *SERVERS, "other")
     short = {"fake_model": "fake", "load_generator": "loadgen"}
     head = (
         f"{'topology':<20} {'phase':<5} "
@@ -420,7 +436,8 @@ def print_tables(outcomes: list[Outcome]) -> None:
             )
     print(
         f"(CPU in cores of {os.cpu_count()}; web and worker summed over their processes; "
-        "busiest = the busiest single worker; machine = all CPUs busy, whatever ran)"
+        "busiest = the busiest single worker; other = the rest of the busy time; "
+        "machine = all CPUs)"
     )
 
 

@@ -404,6 +404,11 @@ class RedisQueue:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        if self._reader is not None:
+            # Listed as a worker from the start, not only once it has had a job.
+            await self._redis.xgroup_createconsumer(
+                keys.QUEUE_READY, keys.QUEUE_GROUP, self._consumer
+            )
         self._group_ready = True
 
     async def _read(self) -> None:
@@ -466,7 +471,12 @@ class RedisQueue:
 
     async def _own(self, conversation_id: int, entry: str, *, reclaimed: bool) -> None:
         self._owned[conversation_id] = entry
-        head = await self._head(keys=[keys.queue_lane(conversation_id), keys.QUEUE_JOBS])
+        try:
+            head = await self._head(keys=[keys.queue_lane(conversation_id), keys.QUEUE_JOBS])
+        except (RedisError, OSError):
+            # Not renewed from now on: the lease runs out and a worker claims it again.
+            await self._forget(conversation_id)
+            raise
         if head is None:
             # Nothing left (finished just before its owner died): release the entry.
             await self._hand_back(

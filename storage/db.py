@@ -51,6 +51,9 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 # Errors meaning "the database cannot be reached or cannot take work now", as opposed to
 # a bug in a statement. OSError covers refused connections, DNS failures and timeouts.
 _UNAVAILABLE = (OSError, OperationalError, InterfaceError, PoolTimeoutError)
+# SQLSTATE classes of a server that cannot take work now: connection exceptions (08),
+# insufficient resources such as too many connections (53), operator intervention (57).
+_UNAVAILABLE_STATES = frozenset({"08", "53", "57"})
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -114,8 +117,8 @@ def open_database(database_url: str, pool_size: int) -> Database:
 
     Args:
         database_url: a PostgreSQL or SQLite URL; the driver part is ignored.
-        pool_size: PostgreSQL connections kept open (as many more may open under load);
-            SQLite always uses one.
+        pool_size: PostgreSQL connections kept open, the most this process uses; SQLite
+            always uses one.
 
     Raises:
         ValueError: the URL is malformed or names an unsupported database.
@@ -148,7 +151,9 @@ class PostgresDatabase(Database):
         self._engine = _create_async_engine(
             url.set(drivername="postgresql+asyncpg"),
             pool_size=pool_size,
-            max_overflow=pool_size,
+            # A fixed pool: overflow connections are closed as soon as they are returned,
+            # so under load the server spent its time opening and closing them.
+            max_overflow=0,
             pool_timeout=POOL_TIMEOUT,
             isolation_level="AUTOCOMMIT",
             connect_args=_asyncpg_args(command_timeout=COMMAND_TIMEOUT),
@@ -380,13 +385,22 @@ def as_unavailable(exc: BaseException) -> DependencyUnavailable | None:
     statement's parameters, which carry user messages.
     """
     invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
-    if not isinstance(exc, _UNAVAILABLE) and not invalidated:
-        return None
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if not isinstance(exc, _UNAVAILABLE) and not invalidated and not _refused(cause):
+        return None
     lines = str(cause).strip().splitlines()
     detail = f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
     logger.warning("database_unavailable", error=detail)
     return DependencyUnavailable("database", detail)
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether the server refused for now: too many connections, shutting down, starting."""
+    for candidate in (error, error.__cause__):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str) and state[:2] in _UNAVAILABLE_STATES:
+            return True
+    return False
 
 
 @contextmanager

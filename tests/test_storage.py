@@ -591,3 +591,22 @@ async def test_failed_statement_leaves_the_database_usable(
     stored = await receive(store, inbound())
     assert await store.get_message(stored.id) == stored
     assert await count(database, User) == 1  # the message's sender; the pair rolled back
+
+
+async def test_a_server_refusing_more_connections_is_unavailable_not_an_error(
+    postgres_url: str,
+) -> None:
+    dsn = make_url(postgres_url).set(drivername="postgresql")
+    admin = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+    try:
+        await admin.execute("DROP ROLE IF EXISTS zapa_full")
+        await admin.execute("CREATE ROLE zapa_full LOGIN CONNECTION LIMIT 0")
+        database = open_database(str(make_url(postgres_url).set(username="zapa_full")), 1)
+        try:
+            with pytest.raises(DependencyUnavailable, match="too many connections"):
+                await SqlConversationStore(database).ping()
+        finally:
+            await database.dispose()
+    finally:
+        await admin.execute("DROP ROLE IF EXISTS zapa_full")
+        await admin.close()
