@@ -169,11 +169,12 @@ class WebhookAdapter:
             )
         if payload.callback_url is not None:
             return json_response({"message_id": accepted.message_id, "status": "queued"}, 202)
-        # A fresh message's reply cannot exist yet when it is made in this process: the
-        # in-process queue hands the job to a worker only after this handler, which does not
-        # yield before it starts listening. A worker elsewhere may be quicker, and a repeat
-        # may have finished long ago: then the store is asked first.
-        fresh = accepted.outcome is Outcome.QUEUED and self._bus.local
+        # A fresh message's reply cannot exist yet: the in-process queue hands the job to a
+        # worker only after this handler, which does not yield before it starts listening,
+        # and a worker elsewhere needs a whole model call before it could publish. (Should
+        # it ever be quicker, the store is asked anyway after STORE_POLL_SECONDS.) A repeat
+        # may have finished long ago, so the store is asked first.
+        fresh = accepted.outcome is Outcome.QUEUED
         if streaming:
             return await self._stream(request, accepted.message_id, fresh=fresh)
         return await self._wait(accepted.message_id, fresh=fresh)

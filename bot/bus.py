@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,11 +59,6 @@ class MemoryBus:
         for queue in self._queues.get(event.message_id, ()):
             queue.put_nowait(event)
 
-    @property
-    def listening(self) -> bool:
-        """Whether any request waits on an event."""
-        return bool(self._queues)
-
     async def aclose(self) -> None:
         """Nothing to release."""
 
@@ -83,6 +79,7 @@ class RedisBus(MemoryBus):
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closing = asyncio.Event()
+        self._origin = secrets.token_hex(8)
 
     @asynccontextmanager
     async def listen(self, message_id: int) -> AsyncIterator[asyncio.Queue[ReplyEvent]]:
@@ -97,8 +94,13 @@ class RedisBus(MemoryBus):
             yield queue
 
     async def publish(self, event: ReplyEvent) -> None:
-        """Publish the event to every web process; a lost event is found in the store later."""
-        data: dict[str, object] = {"m": event.message_id}
+        """Hand the event to this process's listeners, and publish it to the others.
+
+        Listeners here get it at once, with the stored reply; other processes get it from
+        Redis (a lost event is found in the store later) and skip their own.
+        """
+        self.deliver(event)
+        data: dict[str, object] = {"m": event.message_id, "o": self._origin}
         if event.delta is not None:
             data["d"] = event.delta
         if event.done:
@@ -135,6 +137,8 @@ class RedisBus(MemoryBus):
     def _dispatch(self, raw: bytes) -> None:
         try:
             data = orjson.loads(raw)
+            if data.get("o") == self._origin:
+                return  # delivered here when it was published
             event = ReplyEvent(int(data["m"]), data.get("d"), bool(data.get("done")))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             logger.warning("reply_event_malformed")

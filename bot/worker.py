@@ -8,6 +8,7 @@ import random
 import structlog
 
 from bot.engine import Engine
+from bot.errors import DependencyUnavailable
 from bot.ports import Job, Queue
 
 logger = structlog.get_logger(__name__)
@@ -17,7 +18,8 @@ class Worker:
     """Runs up to ``concurrency`` jobs at once (one per conversation, as the queue hands out).
 
     A job that raises is handed back with exponential backoff; after ``max_attempts`` the
-    engine closes it as failed so the user hears back and nothing waits forever.
+    engine closes it as failed so the user hears back and nothing waits forever. An
+    unavailable database or Redis is waited out instead: the job is not at fault.
     """
 
     def __init__(
@@ -90,7 +92,10 @@ class Worker:
                 await self._queue.ack(job)
 
     async def _failed(self, job: Job, exc: Exception) -> None:
-        if job.attempt < self._max_attempts:
+        # An outage of the database or Redis says nothing about the job: it waits the outage
+        # out (at most ``retry_max`` between tries) instead of using up its attempts.
+        outage = isinstance(exc, DependencyUnavailable)
+        if job.attempt < self._max_attempts or outage:
             delay = min(self._retry_max, self._retry_base * 2 ** (job.attempt - 1))
             delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
             logger.warning(

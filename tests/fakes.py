@@ -15,6 +15,7 @@ class RecordingSender:
 
     def __init__(self, fail_times: int = 0, *, live: bool = True) -> None:
         self.live = live
+        self.failure: type[Exception] = ConnectionError
         self.delivered: list[Reply] = []
         self.deltas: dict[int, list[str]] = {}
         self.attempts = 0
@@ -53,7 +54,7 @@ class _Stream:
             self._sender.changed.notify_all()
             if self._sender.fail_times > 0:
                 self._sender.fail_times -= 1
-                raise ConnectionError("the platform is down")
+                raise self._sender.failure("the platform is down")
             self._sender.delivered.append(reply)
 
 

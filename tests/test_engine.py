@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from bot.engine import Engine, EngineConfig, Outcome
+from bot.errors import DependencyUnavailable
 from bot.llm import OpenAIResponder
 from bot.messages import InboundMessage, MessageStatus
 from bot.ports import Job
@@ -182,6 +183,17 @@ async def test_history_is_trimmed_to_the_token_budget(sqlite_url: str, fake: Fak
     assert [m["role"] for m in last[1:-1]] == ["user", "assistant"] * len(kept)
     assert 0 < len(kept) < 5
     assert kept == [str(n) for n in range(5 - len(kept), 5)]
+
+
+async def test_an_outage_is_waited_out_without_using_up_the_attempts(rig: Rig) -> None:
+    rig.sender.failure = lambda detail: DependencyUnavailable("database", detail)  # type: ignore[assignment]
+    rig.sender.fail_times = 6  # twice the worker's attempts
+    accepted = await rig.engine.accept(inbound("patience"))
+    [reply] = await rig.sender.wait_for(1)
+    assert reply.text == "echo: patience"
+    assert rig.sender.attempts == 7
+    message = await rig.store.get_message(accepted.message_id)
+    assert message is not None and message.status is MessageStatus.ANSWERED
 
 
 async def test_unknown_platform_job_fails_after_attempts_and_worker_survives(rig: Rig) -> None:

@@ -282,3 +282,21 @@ async def test_redis_outage_means_503_loses_no_accepted_message_and_heals_itself
     finally:
         await cluster.close()
         redis.close()
+
+
+async def test_sigterm_to_a_web_process_lets_its_waiting_requests_finish(
+    cluster: Cluster, fake: FakeOpenAI
+) -> None:
+    fake.latency = 2.0
+    web = await cluster.web()
+    await cluster.worker(concurrency=2)
+    async with aiohttp.ClientSession() as session:
+        waiting = asyncio.create_task(
+            session.post(f"{web}/webhooks/generic", json=message("hold on"), headers=bearer())
+        )
+        await fake.wait_for_requests(1)
+        stopping = asyncio.create_task(cluster.processes[0].stop(signal.SIGTERM))
+        response = await waiting
+        assert response.status == 200
+        assert (await response.json())["reply"] == "echo: hold on"
+        assert await stopping == 0
