@@ -37,6 +37,7 @@ from bench.generic import (
     backend_env,
     fake_model,
     fmt,
+    key_value,
     log_tail,
     machine_busy_idle,
     proc_cpu_seconds,
@@ -492,13 +493,6 @@ def _topologies(text: str) -> list[Topology]:
     return [TOPOLOGIES[name] for name in dict.fromkeys(names)]
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    return key, value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scale",
@@ -548,7 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--server-env",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",

@@ -191,10 +191,7 @@ async def _telegram_poll(settings: Settings) -> None:
     from adapters.telegram import TelegramAdapter, poll
     from bot.runtime import answering, open_runtime
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
         adapter = TelegramAdapter(settings, runtime.engine)
         await adapter.start()
@@ -238,10 +235,7 @@ async def _slack_socket(settings: Settings) -> None:
 
     if settings.slack_app_token is None:
         raise SlackSetupError("SLACK_APP_TOKEN (xapp-…) is not set; Socket Mode needs it")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
         adapter = SlackAdapter(settings, runtime.engine, socket_mode=True)
         try:
@@ -251,6 +245,15 @@ async def _slack_socket(settings: Settings) -> None:
                 await adapter.socket_mode(settings.slack_app_token.get_secret_value(), stop)
         finally:
             await adapter.aclose()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, for commands that run until told to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 def _migrate(settings: Settings) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 import orjson
@@ -32,10 +30,9 @@ def run_worker(settings: Settings, concurrency: int | None) -> int:
 
 
 async def _work(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    from bot.cli import stop_on_signals
+
+    stop = stop_on_signals()
     async with open_runtime(settings, migrate=settings.is_sqlite) as runtime:
         # The adapters' senders deliver the replies; their webhook routes stay unused here.
         adapters = build_adapters(settings, runtime.engine, runtime.bus)
