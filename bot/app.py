@@ -20,7 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters import WEBHOOK_ROUTES, Adapter, build_adapters
 from bot import metrics
+from bot.admin import api as admin_api
+from bot.admin.auth import AdminAuth
 from bot.http import REQUEST_ID, error_response, json_response
+from bot.ratelimit import LimitsRateLimiter
 from bot.runtime import Runtime, answering, open_runtime
 from bot.worker import Worker
 from config import Settings
@@ -35,6 +38,7 @@ WORKER = web.AppKey("worker", Worker)
 _STARTED = web.RequestKey("started", float)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 READY_CHECK_TIMEOUT = 3.0
+LOGIN_ATTEMPTS_PER_MINUTE = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -169,6 +173,22 @@ def create_app(
             for adapter in reversed(adapters):
                 await adapter.aclose()
 
+    async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
+        runtime = app[RUNTIME]
+        # Any one address gets five sign-in attempts a minute, across every web process.
+        windows = [(LOGIN_ATTEMPTS_PER_MINUTE, "minute")]
+        limiter = (
+            LimitsRateLimiter.on_redis(windows, runtime.redis)
+            if runtime.redis is not None
+            else LimitsRateLimiter.in_memory(windows)
+        )
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+        app[admin_api.AUTH] = AdminAuth(runtime.admins, limiter, secret_key=secret)
+        try:
+            yield
+        finally:
+            await limiter.aclose()
+
     async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
         async with answering(app[RUNTIME]) as worker:
             app[WORKER] = worker
@@ -176,12 +196,14 @@ def create_app(
 
     app.cleanup_ctx.append(runtime_ctx)
     app.cleanup_ctx.append(adapters_ctx)
+    app.cleanup_ctx.append(admin_ctx)
     if run_worker:
         app.cleanup_ctx.append(worker_ctx)
 
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_view)
+    admin_api.add_routes(app)
     for platform, path in WEBHOOK_ROUTES.items():
         app.router.add_post(path, _webhook_handler(platform), name=f"webhook-{platform}")
     return app

@@ -74,6 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     queue_actions.add_parser(
         "retry-dead", help="queue the dead-lettered jobs again (a stored reply is only delivered)"
     )
+    admin = commands.add_parser(
+        "admin",
+        help="manage the operators who sign in to the admin",
+        description="Admin accounts. There are no default credentials: create the first "
+        "admin with `zapa admin create NAME`.",
+    )
+    admin_actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = admin_actions.add_parser(
+        "create",
+        help="create an admin, or set a new password for one; the password comes from a "
+        "prompt, or from the first line of standard input when it is not a terminal",
+    )
+    create.add_argument("username", help="1-64 letters, digits, '.', '_', '-' or '@'")
     commands.add_parser(
         "migrate",
         help="apply database migrations (alembic upgrade head) to DATABASE_URL",
@@ -161,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_telegram(settings, args))
         if args.command == "slack":
             return _slack(settings, args)
+        if args.command == "admin":
+            from bot.admin.cli import create_admin
+
+            return asyncio.run(create_admin(settings, args.username))
         return asyncio.run(_chat(settings))
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 
+from bot.admin.ports import AdminStore
 from bot.bus import MemoryBus, RedisBus
 from bot.engine import Engine, EngineConfig
 from bot.errors import DependencyUnavailable
@@ -24,6 +25,7 @@ from bot.ratelimit import build_rate_limiter
 from bot.redis_queue import RedisQueue
 from bot.worker import Worker
 from config import Settings
+from storage.admin_store import SqlAdminStore
 from storage.db import open_database
 from storage.migrate import upgrade_head
 from storage.repository import SqlConversationStore
@@ -46,6 +48,7 @@ class Runtime:
     queue: MemoryQueue | RedisQueue
     bus: MemoryBus
     redis: aioredis.Redis | None
+    admins: AdminStore
 
 
 def create_redis(url: str) -> aioredis.Redis:
@@ -110,7 +113,9 @@ async def open_runtime(settings: Settings, *, migrate: bool = False) -> AsyncIte
                 history_max_tokens=settings.history_max_tokens,
             ),
         )
-        yield Runtime(settings, engine, store, limiter, responder, queue, bus, redis)
+        yield Runtime(
+            settings, engine, store, limiter, responder, queue, bus, redis, SqlAdminStore(db)
+        )
 
 
 @asynccontextmanager

@@ -2,7 +2,7 @@
 
 The same models serve PostgreSQL (asyncpg) and SQLite (aiosqlite); the few things only
 one of them has (the full-text index) are marked with ``info={"only_on": dialect}`` and
-picked out by :func:`metadata_for`. The initial migration creates exactly this schema,
+picked out by :func:`metadata_for`. The migrations, applied in order, create exactly this schema,
 and ``tests/test_migrations.py`` holds the two in agreement.
 """
 
@@ -228,3 +228,65 @@ def metadata_for(dialect_name: str) -> MetaData:
             if index.name in foreign:
                 copy.indexes.discard(index)
     return metadata
+
+
+class Admin(Base):
+    """An operator account of the admin dashboard."""
+
+    __tablename__ = "admins"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class AdminSession(Base):
+    """A signed-in admin session; its random id is what access tokens name."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    admin_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("admins.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class AdminAudit(Base):
+    """One sign-in event of the admin audit log."""
+
+    __tablename__ = "admin_audit"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    username: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminLoginFailure(Base):
+    """Failed sign-ins of one username in the current counting window, and its lock."""
+
+    __tablename__ = "admin_login_failures"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    first_failure_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Secret(Base):
+    """A generated secret shared by every process, such as the session signing key."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

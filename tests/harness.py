@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +25,7 @@ from storage.db import open_database
 from storage.models import Message
 from tests.fake_server import FakeServer
 
+ROOT = Path(__file__).resolve().parent.parent
 CLOSED_PORT = 9  # discard: nothing listens there
 TOKEN = "test-token-123"
 SECRET = "whsec_" + base64.b64encode(b"zapa-test-secret-0123456789abcdef").decode()
@@ -124,3 +129,22 @@ async def stored_texts(database_url: str) -> list[str]:
         return list(await db.run(lambda connection: connection.scalars(query).all()))
     finally:
         await db.dispose()
+
+
+def zapa(
+    *args: str, env: dict[str, str], stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m bot ARGS`` with only the given Zapa variables; its result."""
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "OPENAI_", "REDIS_"))
+    }
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or ROOT,
+        timeout=60,
+    )

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from storage.db import open_database
 from storage.repository import SqlConversationStore
 from tests.fake_openai import FakeOpenAI
-from tests.harness import CLOSED_PORT, Receiver, bearer, message, running, settings
+from tests.harness import CLOSED_PORT, Receiver, bearer, message, running, settings, zapa
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,24 +149,6 @@ async def test_failed_turn_is_stored_as_failed(sqlite_url: str, fake: FakeOpenAI
     assert stored.status == "failed"
 
 
-def _zapa(
-    *args: str, env: dict[str, str], stdin: str = "", cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "OPENAI_", "REDIS_"))
-    }
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd or ROOT,
-        timeout=60,
-    )
-
-
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -180,7 +161,7 @@ def _zapa(
 def test_bad_configuration_is_one_line_and_exit_2(
     variable: str, value: str, tmp_path: Path
 ) -> None:
-    result = _zapa("migrate", env={variable: value}, cwd=tmp_path)
+    result = zapa("migrate", env={variable: value}, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -190,9 +171,9 @@ def test_bad_configuration_is_one_line_and_exit_2(
 
 def test_migrate_then_chat_in_the_terminal(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'chat.db'}", "LOG_LEVEL": "WARNING"}
-    migrated = _zapa("migrate", env=env, cwd=tmp_path)
+    migrated = zapa("migrate", env=env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
-    chat = _zapa("chat", env=env, stdin="hello there\n/usage\n/reset\n", cwd=tmp_path)
+    chat = zapa("chat", env=env, stdin="hello there\n/usage\n/reset\n", cwd=tmp_path)
     assert chat.returncode == 0, chat.stderr
     assert "hello there" in chat.stdout  # the echo model repeats it
     assert "of 20 this minute" in chat.stdout
@@ -200,11 +181,11 @@ def test_migrate_then_chat_in_the_terminal(tmp_path: Path) -> None:
 
 
 def test_help_explains_each_command() -> None:
-    result = _zapa("--help", env={})
+    result = zapa("--help", env={})
     assert result.returncode == 0
     for command in ("serve", "migrate", "chat"):
         assert command in result.stdout
-    serve = _zapa("serve", "--help", env={})
+    serve = zapa("serve", "--help", env={})
     assert "--no-worker" in serve.stdout
     assert "--port" in serve.stdout
 
@@ -263,7 +244,7 @@ async def test_serve_on_embedded_defaults_answers_and_stops_cleanly_on_sigterm(
 
 
 def test_serve_without_worker_needs_the_shared_queue(tmp_path: Path) -> None:
-    result = _zapa("serve", "--no-worker", env={}, cwd=tmp_path)
+    result = zapa("serve", "--no-worker", env={}, cwd=tmp_path)
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr
     assert "zapa worker" in result.stderr
