@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from pwdlib.hashers.bcrypt import BcryptHasher
-from storage.admin_store import SqlAdminStore
 
 from bot.admin.passwords import hash_password
+from storage.admin_store import SqlAdminStore
 from storage.db import open_database
 from tests.harness import running, settings, zapa
 
