@@ -184,6 +184,7 @@ def create_app(
         )
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
         app[admin_api.AUTH] = AdminAuth(runtime.admins, limiter, secret_key=secret)
+        app[admin_api.QUERIES] = runtime.admin_queries
         try:
             yield
         finally:
@@ -204,6 +205,7 @@ def create_app(
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_view)
     admin_api.add_routes(app)
+    admin_api.add_read_routes(app)
     for platform, path in WEBHOOK_ROUTES.items():
         app.router.add_post(path, _webhook_handler(platform), name=f"webhook-{platform}")
     return app

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 
-from bot.admin.ports import AdminStore
+from bot.admin.ports import AdminQueries, AdminStore
 from bot.bus import MemoryBus, RedisBus
 from bot.engine import Engine, EngineConfig
 from bot.errors import DependencyUnavailable
@@ -25,6 +25,7 @@ from bot.ratelimit import build_rate_limiter
 from bot.redis_queue import RedisQueue
 from bot.worker import Worker
 from config import Settings
+from storage.admin_queries import SqlAdminQueries
 from storage.admin_store import SqlAdminStore
 from storage.db import open_database
 from storage.migrate import upgrade_head
@@ -49,6 +50,7 @@ class Runtime:
     bus: MemoryBus
     redis: aioredis.Redis | None
     admins: AdminStore
+    admin_queries: AdminQueries
 
 
 def create_redis(url: str) -> aioredis.Redis:
@@ -114,7 +116,16 @@ async def open_runtime(settings: Settings, *, migrate: bool = False) -> AsyncIte
             ),
         )
         yield Runtime(
-            settings, engine, store, limiter, responder, queue, bus, redis, SqlAdminStore(db)
+            settings,
+            engine,
+            store,
+            limiter,
+            responder,
+            queue,
+            bus,
+            redis,
+            SqlAdminStore(db),
+            SqlAdminQueries(db),
         )
 
 

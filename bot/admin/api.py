@@ -1,14 +1,18 @@
-"""The admin JSON API (SPEC §6) on aiohttp: ``/api/auth/…`` so far."""
+"""The admin JSON API (SPEC §6) on aiohttp: sign-in, conversations, users, statistics."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from bot.admin.auth import AdminAuth, NotSignedIn, SignInRefused
-from bot.admin.ports import Admin
+from bot.admin.openapi import OPENAPI
+from bot.admin.ports import Admin, AdminQueries
 from bot.errors import DependencyUnavailable
 from bot.http import error_response, json_response
 
@@ -95,3 +99,126 @@ def _unauthorized(detail: str) -> web.Response:
     response = error_response(401, "unauthorized", detail)
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+QUERIES = web.AppKey("admin_queries", AdminQueries)
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 50
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.field = field
+        self.detail = detail
+
+
+def add_read_routes(app: web.Application) -> None:
+    """Mount the conversation, user and statistics routes, and the OpenAPI document."""
+    app.router.add_get("/api/conversations", signed_in(conversations))
+    app.router.add_get("/api/conversations/{id}/messages", signed_in(conversation_messages))
+    app.router.add_get("/api/users", signed_in(users))
+    app.router.add_get("/api/stats", signed_in(stats))
+    app.router.add_get("/api/openapi.json", openapi_document)
+
+
+def _int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _Invalid(name, f"{name}: an integer is required") from None
+    if not low <= value <= high:
+        raise _Invalid(name, f"{name}: between {low} and {high}")
+    return value
+
+
+def _text(request: web.Request, name: str, longest: int = 200) -> str | None:
+    value = request.query.get(name, "").strip()
+    if len(value) > longest:
+        raise _Invalid(name, f"{name}: at most {longest} characters")
+    return value or None
+
+
+def _page(items: list[Any], limit: int, cursor: Callable[[Any], int]) -> dict[str, Any]:
+    return {
+        "items": [_jsonable(item) for item in items],
+        "next_cursor": cursor(items[-1]) if len(items) == limit else None,
+    }
+
+
+def _jsonable(item: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(item)
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+def _validated(handler: Handler) -> Handler:
+    async def checked(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Invalid as exc:
+            return error_response(400, "invalid_request", exc.detail, field=exc.field)
+        except DependencyUnavailable as exc:
+            return error_response(503, "unavailable", str(exc), retry_after=5)
+
+    return checked
+
+
+@_validated
+async def conversations(request: web.Request) -> web.Response:
+    """Conversations, newest activity first; ``q`` searches every message."""
+    limit = _int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
+    found = await request.app[QUERIES].conversations(
+        platform=_text(request, "platform", 32),
+        q=_text(request, "q"),
+        limit=limit,
+        before=_int(request, "cursor", None, 1, 2**62),
+    )
+    return json_response(_page(found, limit, lambda c: c.last_message_id))
+
+
+@_validated
+async def conversation_messages(request: web.Request) -> web.Response:
+    """A conversation's transcript, oldest first."""
+    try:
+        conversation_id = int(request.match_info["id"])
+    except ValueError:
+        return error_response(404, "not_found", "no such conversation")
+    limit = _int(request, "limit", MAX_LIMIT, 1, 500) or MAX_LIMIT
+    found = await request.app[QUERIES].messages(
+        conversation_id, limit=limit, after=_int(request, "cursor", None, 0, 2**62)
+    )
+    if found is None:
+        return error_response(404, "not_found", "no such conversation")
+    return json_response(_page(found, limit, lambda m: m.id))
+
+
+@_validated
+async def users(request: web.Request) -> web.Response:
+    """Users with their message counts, newest first."""
+    limit = _int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
+    found = await request.app[QUERIES].users(
+        platform=_text(request, "platform", 32),
+        q=_text(request, "q"),
+        limit=limit,
+        before=_int(request, "cursor", None, 1, 2**62),
+    )
+    return json_response(_page(found, limit, lambda u: u.id))
+
+
+@_validated
+async def stats(request: web.Request) -> web.Response:
+    """Activity over the last ``days`` days (default 14), today included."""
+    days = _int(request, "days", 14, 1, 366) or 14
+    until = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    found = await request.app[QUERIES].stats(until - timedelta(days=days), until)
+    body = dataclasses.asdict(found)
+    body["days"] = days
+    return json_response(body)
+
+
+async def openapi_document(_: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of the admin API."""
+    return json_response(OPENAPI)

@@ -114,3 +114,96 @@ class AdminStore(Protocol):
         Concurrent first calls from several processes all get the same value.
         """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    """A conversation as the admin lists it; ``last_message_id`` is its pagination cursor."""
+
+    id: int
+    platform: str
+    key: str
+    created_at: datetime
+    messages: int
+    last_message_id: int
+    last_text: str | None
+    last_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """One stored message of a transcript, with what it cost."""
+
+    id: int
+    role: str
+    text: str
+    status: str
+    command: str | None
+    reply_to_id: int | None
+    user_id: int | None
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float | None
+    delivered_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """A platform user as the admin lists it."""
+
+    id: int
+    platform: str
+    platform_user_id: str
+    name: str | None
+    banned: bool
+    rate_limit: str | None
+    created_at: datetime
+    last_seen_at: datetime
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Activity over a range of days (UTC dates as ``YYYY-MM-DD``)."""
+
+    messages_per_day: list[dict[str, object]]  # {"day", "platform", "messages"}
+    tokens_per_day: list[dict[str, object]]  # {"day", "prompt_tokens", "completion_tokens"}
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    answered: int
+    failed: int
+    rate_limited: int
+
+
+class AdminQueries(Protocol):
+    """What the admin API reads (and the two user fields it writes)."""
+
+    async def conversations(
+        self, *, platform: str | None, q: str | None, limit: int, before: int | None
+    ) -> list[ConversationView]:
+        """Newest activity first; ``q`` finds a word in any message; ``before`` a cursor."""
+        ...
+
+    async def messages(
+        self, conversation_id: int, *, limit: int, after: int | None
+    ) -> list[MessageView] | None:
+        """The transcript, oldest first from after ``after``; ``None`` for an unknown id."""
+        ...
+
+    async def users(
+        self, *, platform: str | None, q: str | None, limit: int, before: int | None
+    ) -> list[UserView]:
+        """Newest first (cursor: user id); ``q`` matches part of the name or platform id."""
+        ...
+
+    async def update_user(
+        self, user_id: int, *, banned: bool | None, rate_limit: str | None, set_rate_limit: bool
+    ) -> UserView | None:
+        """Set ``banned`` (when not ``None``) and ``rate_limit`` (when ``set_rate_limit``)."""
+        ...
+
+    async def stats(self, since: datetime, until: datetime) -> Stats:
+        """Activity from ``since`` (inclusive) to ``until`` (exclusive)."""
+        ...
