@@ -280,7 +280,7 @@ class RedisQueue:
         if following is None:
             await self._forget(job.conversation_id)
         else:
-            self._hand_out(_decode(following[0], following[1], job.conversation_id), following[1])
+            self._hand_out(*_decode(following[0], following[1], job.conversation_id))
 
     async def retry(self, job: Job, delay: float) -> None:
         """Count the attempt, keep the conversation, and run the job again after ``delay``."""
@@ -485,16 +485,16 @@ class RedisQueue:
             )
             await self._forget(conversation_id)
             return
-        job = _decode(head[0], head[1], conversation_id)
+        job, enqueued = _decode(head[0], head[1], conversation_id)
         if reclaimed:
             # Its last run may have died half way: count the attempt, and let the engine
             # look in the store rather than trust a copy of the message.
             job = Job(job.message_id, conversation_id, job.request_id, job.attempt + 1)
             await self._redis.hset(keys.QUEUE_JOBS, str(job.message_id), _encode(job))
-        self._hand_out(job, head[1])
+        self._hand_out(job, enqueued)
 
-    def _hand_out(self, job: Job, raw: bytes | None) -> None:
-        enqueued = _enqueued_ms(raw) if raw else None
+    def _hand_out(self, job: Job, enqueued: float | None) -> None:
+        """Pass the job to a worker task, recording how long it waited since ``enqueued``."""
         if enqueued is not None:
             wait = max(0.0, time.time() * 1000 - enqueued)
             self._handed_out[job.message_id] = wait
@@ -579,24 +579,21 @@ def _encode(job: Job) -> bytes:
     return orjson.dumps(data)
 
 
-def _decode(message_id: bytes | str, raw: bytes | None, conversation_id: int) -> Job:
+def _decode(
+    message_id: bytes | str, raw: bytes | None, conversation_id: int
+) -> tuple[Job, float | None]:
+    """The job stored as ``raw``, and when it was enqueued (epoch ms), if known."""
     data = orjson.loads(raw) if raw else {}
     message = data.get("m")
-    return Job(
+    job = Job(
         int(message_id),
         int(data.get("c", conversation_id)),
         data.get("r"),
         int(data.get("a", 1)),
         message=_message(message) if message else None,
     )
-
-
-def _enqueued_ms(raw: bytes) -> float | None:
-    try:
-        value = orjson.loads(raw).get("t")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return float(value) if value is not None else None
+    enqueued = data.get("t")
+    return job, float(enqueued) if enqueued is not None else None
 
 
 def _message_data(message: StoredMessage) -> dict[str, Any]:

@@ -26,11 +26,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import Executable
 
 from bot.admin.ports import ConversationView, MessageView, Stats, UserView
 from storage import models
-from storage.db import Database
+from storage.db import Database, fetch_all
 from storage.models import UtcDateTime
 
 _users = cast(Table, models.User.__table__)
@@ -115,10 +114,6 @@ def _contains(q: str) -> str:
 
 
 # Units of work: synchronous functions of a connection, run by storage.db.Database.
-
-
-def _all(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
-    return list(connection.execute(statement, parameters).all())
 
 
 def _transcript(connection: Connection, parameters: dict[str, Any]) -> list[Any] | None:
@@ -234,7 +229,7 @@ class SqlAdminQueries:
         if q is not None:
             matching = select(_messages.c.conversation_id).where(_text_matches(self._dialect, q))
             statement = statement.where(_conversations.c.id.in_(matching))
-        rows = await self._db.run(_all, statement, {})
+        rows = await self._db.run(fetch_all, statement, {})
         return [
             ConversationView(
                 id=row.id,
@@ -300,7 +295,7 @@ class SqlAdminQueries:
                     _users.c.platform_user_id.ilike(pattern, escape="\\"),
                 )
             )
-        rows = await self._db.run(_all, statement, {})
+        rows = await self._db.run(fetch_all, statement, {})
         return [_user(row) for row in rows]
 
     async def update_user(

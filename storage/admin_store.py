@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from bot.admin.ports import Admin, AdminSession, AuditEntry, LoginFailures
 from storage import models
-from storage.db import Database
+from storage.db import Database, execute, fetch_all, fetch_one, fetch_one_or_none
 from storage.models import UtcDateTime, utcnow
 
 # The window of LoginFailures.count in login_failures(), which is not told it; the
@@ -160,22 +160,6 @@ def _save_admin(
     return _admin(connection.execute(_SET_PASSWORD, parameters).one()), False
 
 
-def _one_or_none(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> Any:
-    return connection.execute(statement, parameters).one_or_none()
-
-
-def _one(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> Any:
-    return connection.execute(statement, parameters).one()
-
-
-def _all(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
-    return list(connection.execute(statement, parameters).all())
-
-
-def _execute(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> None:
-    connection.execute(statement, parameters)
-
-
 def _secret(connection: Connection, upserts: _Upserts, row: dict[str, Any]) -> str:
     # On PostgreSQL each statement commits on its own, so the select sees whichever
     # insert won, this one or a concurrent caller's.
@@ -206,18 +190,18 @@ class SqlAdminStore:
 
     async def admin_by_username(self, username: str) -> Admin | None:
         """The admin with that username (exact match), or ``None``."""
-        row = await self._db.run(_one_or_none, _ADMIN_BY_USERNAME, {"name": username})
+        row = await self._db.run(fetch_one_or_none, _ADMIN_BY_USERNAME, {"name": username})
         return None if row is None else _admin(row)
 
     async def admin_by_id(self, admin_id: int) -> Admin | None:
         """The admin with that id, or ``None``."""
-        row = await self._db.run(_one_or_none, _ADMIN_BY_ID, {"admin_id": admin_id})
+        row = await self._db.run(fetch_one_or_none, _ADMIN_BY_ID, {"admin_id": admin_id})
         return None if row is None else _admin(row)
 
     async def record_login(self, admin_id: int, password_hash: str | None) -> None:
         """Set ``last_login_at`` to now, and replace the hash when given (a rehash)."""
         parameters = {"admin_id": admin_id, "now": utcnow(), "new_hash": password_hash}
-        await self._db.run(_execute, _RECORD_LOGIN, parameters)
+        await self._db.run(execute, _RECORD_LOGIN, parameters)
 
     async def create_session(self, admin_id: int, expires_at: datetime) -> AdminSession:
         """A new session with a random 256-bit, URL-safe id."""
@@ -233,12 +217,12 @@ class SqlAdminStore:
             "created_at": session.created_at,
             "expires_at": expires_at,
         }
-        await self._db.run(_execute, _INSERT_SESSION, row)
+        await self._db.run(execute, _INSERT_SESSION, row)
         return session
 
     async def session(self, session_id: str) -> AdminSession | None:
         """The session, or ``None`` if unknown."""
-        row = await self._db.run(_one_or_none, _SESSION, {"session_id": session_id})
+        row = await self._db.run(fetch_one_or_none, _SESSION, {"session_id": session_id})
         if row is None:
             return None
         return AdminSession(
@@ -252,7 +236,7 @@ class SqlAdminStore:
     async def revoke_session(self, session_id: str) -> None:
         """Mark the session revoked now; a session revoked before keeps its first time."""
         parameters = {"session_id": session_id, "now": utcnow()}
-        await self._db.run(_execute, _REVOKE_SESSION, parameters)
+        await self._db.run(execute, _REVOKE_SESSION, parameters)
 
     async def audit(
         self, event: str, username: str, address: str | None, detail: str | None = None
@@ -265,11 +249,11 @@ class SqlAdminStore:
             "address": address,
             "detail": detail,
         }
-        await self._db.run(_execute, _INSERT_AUDIT, row)
+        await self._db.run(execute, _INSERT_AUDIT, row)
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         """The newest entries, newest first."""
-        rows = await self._db.run(_all, _AUDIT_LOG, {"limit": limit})
+        rows = await self._db.run(fetch_all, _AUDIT_LOG, {"limit": limit})
         return [
             AuditEntry(
                 id=row.id,
@@ -301,13 +285,13 @@ class SqlAdminStore:
             "first_lock": lock_end if max_failures <= 1 else None,
             "max_failures": max_failures,
         }
-        row = await self._db.run(_one, self._upserts.failure, parameters)
+        row = await self._db.run(fetch_one, self._upserts.failure, parameters)
         return LoginFailures(count=row.failures, locked_until=_future(row.locked_until, now))
 
     async def login_failures(self, username: str) -> LoginFailures:
         """The failures in the current window (see the constructor), and an active lock."""
         now = utcnow()
-        row = await self._db.run(_one_or_none, _FAILURES, {"name": username})
+        row = await self._db.run(fetch_one_or_none, _FAILURES, {"name": username})
         if row is None:
             return LoginFailures(count=0)
         current = row.first_failure_at > now - self._failure_window
@@ -317,7 +301,7 @@ class SqlAdminStore:
 
     async def clear_login_failures(self, username: str) -> None:
         """Forget the failures after a successful sign-in (a lock stays until it expires)."""
-        await self._db.run(_execute, _CLEAR_FAILURES, {"name": username})
+        await self._db.run(execute, _CLEAR_FAILURES, {"name": username})
 
     async def secret(self, name: str, generate: str) -> str:
         """The stored value of ``name``; ``generate`` is stored first if there is none.

@@ -30,6 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection, StaticPool
+from sqlalchemy.sql import Executable
 
 # SQLAlchemy's bridge from asyncio into its synchronous core, which AsyncConnection runs
 # each of its calls with; exported by sqlalchemy.util.
@@ -413,3 +414,30 @@ def translated() -> Iterator[None]:
         if unavailable is None:
             raise
         raise unavailable from exc
+
+
+# Units of work shared by the stores: one statement, its rows.
+
+
+def fetch_all(
+    connection: Connection, statement: Executable, parameters: dict[str, Any]
+) -> list[Any]:
+    """Every row of ``statement``."""
+    return list(connection.execute(statement, parameters).all())
+
+
+def fetch_one(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> Any:
+    """The one row of ``statement``; an error if there is none or several."""
+    return connection.execute(statement, parameters).one()
+
+
+def fetch_one_or_none(
+    connection: Connection, statement: Executable, parameters: dict[str, Any]
+) -> Any:
+    """The row of ``statement``, or ``None``."""
+    return connection.execute(statement, parameters).one_or_none()
+
+
+def execute(connection: Connection, statement: Executable, parameters: dict[str, Any]) -> None:
+    """Run ``statement`` for its effect."""
+    connection.execute(statement, parameters)

@@ -142,6 +142,20 @@ def _text(request: web.Request, name: str, longest: int = 200) -> str | None:
     return value or None
 
 
+def _limit(request: web.Request, default: int, most: int) -> int:
+    return _int(request, "limit", default, 1, most) or default  # never None: it has a default
+
+
+def _listing(request: web.Request) -> dict[str, Any]:
+    """The filters and page of a listing: ``platform``, ``q``, ``limit``, ``before``."""
+    return {
+        "platform": _text(request, "platform", 32),
+        "q": _text(request, "q"),
+        "limit": _limit(request, DEFAULT_LIMIT, MAX_LIMIT),
+        "before": _int(request, "cursor", None, 1, 2**62),
+    }
+
+
 def _page(items: list[Any], limit: int, cursor: Callable[[Any], int]) -> dict[str, Any]:
     return {
         "items": [_jsonable(item) for item in items],
@@ -169,14 +183,9 @@ def _validated(handler: Handler) -> Handler:
 @_validated
 async def conversations(request: web.Request) -> web.Response:
     """Conversations, newest activity first; ``q`` searches every message."""
-    limit = _int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
-    found = await request.app[QUERIES].conversations(
-        platform=_text(request, "platform", 32),
-        q=_text(request, "q"),
-        limit=limit,
-        before=_int(request, "cursor", None, 1, 2**62),
-    )
-    return json_response(_page(found, limit, lambda c: c.last_message_id))
+    filters = _listing(request)
+    found = await request.app[QUERIES].conversations(**filters)
+    return json_response(_page(found, filters["limit"], lambda c: c.last_message_id))
 
 
 @_validated
@@ -186,7 +195,7 @@ async def conversation_messages(request: web.Request) -> web.Response:
         conversation_id = int(request.match_info["id"])
     except ValueError:
         return error_response(404, "not_found", "no such conversation")
-    limit = _int(request, "limit", MAX_LIMIT, 1, 500) or MAX_LIMIT
+    limit = _limit(request, MAX_LIMIT, 500)
     found = await request.app[QUERIES].messages(
         conversation_id, limit=limit, after=_int(request, "cursor", None, 0, 2**62)
     )
@@ -198,20 +207,15 @@ async def conversation_messages(request: web.Request) -> web.Response:
 @_validated
 async def users(request: web.Request) -> web.Response:
     """Users with their message counts, newest first."""
-    limit = _int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
-    found = await request.app[QUERIES].users(
-        platform=_text(request, "platform", 32),
-        q=_text(request, "q"),
-        limit=limit,
-        before=_int(request, "cursor", None, 1, 2**62),
-    )
-    return json_response(_page(found, limit, lambda u: u.id))
+    filters = _listing(request)
+    found = await request.app[QUERIES].users(**filters)
+    return json_response(_page(found, filters["limit"], lambda u: u.id))
 
 
 @_validated
 async def stats(request: web.Request) -> web.Response:
     """Activity over the last ``days`` days (default 14), today included."""
-    days = _int(request, "days", 14, 1, 366) or 14
+    days = _int(request, "days", 14, 1, 366) or 14  # never None: it has a default
     until = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     found = await request.app[QUERIES].stats(until - timedelta(days=days), until)
     body = dataclasses.asdict(found)
