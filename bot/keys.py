@@ -41,3 +41,9 @@ QUEUE_WAITS: Final = f"{QUEUE}:waits"
 def queue_lane(conversation_id: int) -> str:
     """The list of one conversation's queued message ids, oldest first."""
     return f"{QUEUE}:lane:{conversation_id}"
+
+
+ADMIN_FAILURES: Final = f"{PREFIX}:admin:failures"
+"""Failed sign-ins of one admin account in the current window, e.g. ``zapa:admin:failures:ops``."""
+ADMIN_LOCK: Final = f"{PREFIX}:admin:lock"
+"""Present while an admin account is locked after too many failures; expires with the lock."""

@@ -27,13 +27,16 @@ class MessageStatus(StrEnum):
 
     A user message is ``received`` until it is answered, failed, or refused by the rate
     limit. A reply carries the status of the turn it closes: ``answered`` for the model's
-    text, ``failed`` for the apology, ``rate_limited`` for the over-limit notice.
+    text, ``failed`` for the apology, ``rate_limited`` for the over-limit notice. A banned
+    user's messages are stored ``banned`` and not answered; the first after the ban gets
+    a ``banned`` notice.
     """
 
     RECEIVED = "received"
     ANSWERED = "answered"
     FAILED = "failed"
     RATE_LIMITED = "rate_limited"
+    BANNED = "banned"
 
 
 class Command(StrEnum):

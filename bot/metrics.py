@@ -23,7 +23,7 @@ WEBHOOK_REQUESTS = Counter(
 )
 TURNS = Counter(
     "zapa_turns_total",
-    "Closed turns by outcome: answered, failed, rate_limited, duplicate.",
+    "Closed turns by outcome: answered, failed, rate_limited, banned, duplicate.",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -36,11 +36,34 @@ class NewReply:
     latency_ms: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the store knows of a message's sender and event before storing it.
+
+    ``first_message_id`` is set when the same event was delivered recently; ``rate_limit``
+    is the user's own ``RATE_LIMIT``-style windows, ``None`` for the service's.
+    """
+
+    first_message_id: int | None
+    banned: bool = False
+    rate_limit: str | None = None
+
+
 class ConversationStore(Protocol):
     """Durable users, conversations, messages and inbound events."""
 
-    async def find_event(self, platform: str, event_id: str, within_seconds: float) -> int | None:
-        """The id of the message first delivered with this event id, if that was recent."""
+    async def admission(
+        self, platform: str, platform_user_id: str, event_id: str | None, within_seconds: float
+    ) -> Admission:
+        """What decides a message's fate before it is stored, read in one go.
+
+        ``first_message_id`` names the message first delivered with ``event_id`` if that
+        was within ``within_seconds``; the rest is what an admin set for the user.
+        """
+        ...
+
+    async def claim_ban_notice(self, user_id: int) -> bool:
+        """True once per ban: the banned user's first message since then gets the notice."""
         ...
 
     async def store_inbound(
@@ -126,11 +149,14 @@ class WindowUsage:
 class RateLimiter(Protocol):
     """Per-user message limits over the ``RATE_LIMIT`` windows."""
 
-    async def hit(self, key: str) -> RateDecision:
-        """Count one message for ``key`` and say whether it may go on."""
+    async def hit(self, key: str, windows: str | None = None) -> RateDecision:
+        """Count one message for ``key`` and say whether it may go on.
+
+        ``windows`` (``"10/minute;100/day"``) replaces the default windows for this user.
+        """
         ...
 
-    async def usage(self, key: str) -> list[WindowUsage]:
+    async def usage(self, key: str, windows: str | None = None) -> list[WindowUsage]:
         """The user's remaining quota in each window, without counting a message."""
         ...
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from redis.exceptions import RedisError
 from bot import keys
 from bot.errors import DependencyUnavailable
 from bot.ports import RateDecision, WindowUsage
-from config.settings import Settings
+from config.settings import Settings, parse_rate_limit
 
 logger = structlog.get_logger(__name__)
 
@@ -134,18 +135,21 @@ class LimitsRateLimiter:
         )
         return cls(windows, storage, redis=redis, owns_redis=owns_redis, timeout=timeout)
 
-    async def hit(self, key: str) -> RateDecision:
+    async def hit(self, key: str, windows: str | None = None) -> RateDecision:
         """Count one message for ``key`` unless a window is exhausted.
 
         A refusal's ``retry_after`` is the time until every exhausted window frees a slot;
-        ``notify`` is true for the first refusal in that window's period only.
+        ``notify`` is true for the first refusal in that window's period only. ``windows``
+        (``RATE_LIMIT`` syntax) replaces the limiter's own windows for this key; each
+        window counts apart, so changing a user's limit starts their count afresh.
 
         Raises:
             bot.errors.DependencyUnavailable: Redis cannot be reached in time.
+            ValueError: ``windows`` is not ``N/second|minute|hour|day;…``.
         """
-        return await self._guarded(self._hit(key))
+        return await self._guarded(self._hit(key, self._for(windows)))
 
-    async def usage(self, key: str) -> list[WindowUsage]:
+    async def usage(self, key: str, windows: str | None = None) -> list[WindowUsage]:
         """The user's remaining quota in each window, without counting a message.
 
         ``reset_in`` is the time until the oldest counted message leaves the window (and
@@ -153,8 +157,9 @@ class LimitsRateLimiter:
 
         Raises:
             bot.errors.DependencyUnavailable: Redis cannot be reached in time.
+            ValueError: ``windows`` is not ``N/second|minute|hour|day;…``.
         """
-        return await self._guarded(self._usage(key))
+        return await self._guarded(self._usage(key, self._for(windows)))
 
     async def ping(self) -> None:
         """Raise :class:`bot.errors.DependencyUnavailable` when Redis does not answer."""
@@ -166,10 +171,12 @@ class LimitsRateLimiter:
         if self._redis is not None and self._owns_redis:
             await self._redis.aclose()
 
-    async def _hit(self, key: str) -> RateDecision:
+    def _for(self, windows: str | None) -> tuple[_Window, ...]:
+        return self._windows if windows is None else _parsed(windows)
+
+    async def _hit(self, key: str, windows: tuple[_Window, ...]) -> RateDecision:
         # The windows are asked at once, not one after another: on Redis each question is a
         # round trip, and a turn's latency should not grow with the number of windows.
-        windows = self._windows
         stats = await asyncio.gather(
             *(self._strategy.get_window_stats(window.messages, key) for window in windows)
         )
@@ -202,9 +209,9 @@ class LimitsRateLimiter:
         )
         return RateDecision(allowed=False, retry_after=retry_after, notify=notify)
 
-    async def _usage(self, key: str) -> list[WindowUsage]:
+    async def _usage(self, key: str, windows: tuple[_Window, ...]) -> list[WindowUsage]:
         result: list[WindowUsage] = []
-        for window in self._windows:
+        for window in windows:
             stats = await self._strategy.get_window_stats(window.messages, key)
             remaining = min(max(stats.remaining, 0), window.limit)
             reset_in = 0.0
@@ -225,6 +232,11 @@ class LimitsRateLimiter:
         except (RedisError, OSError) as exc:
             logger.warning("redis_unavailable", error=str(exc))
             raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(windows: str) -> tuple[_Window, ...]:
+    return tuple(_Window.of(limit, period) for limit, period in parse_rate_limit(windows))
 
 
 def _seconds(window: _Window) -> float:

@@ -11,6 +11,7 @@ HELP = GREETING
 RESET_DONE = "Done — I've forgotten our conversation. What would you like to talk about?"
 RATE_LIMITED = "You're sending messages faster than I can answer. Please try again in {wait}."
 APOLOGY = "Sorry, I can't answer right now. Please try again in a little while."
+BANNED = "You can no longer use this bot: an administrator has blocked you."
 USAGE_HEADER = "Messages you have left:"
 USAGE_LINE = "- {remaining} of {limit} this {period} (resets in {reset})"
 USAGE_NONE = "There is no message limit for you."

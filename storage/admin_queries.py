@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
     literal_column,
     or_,
@@ -27,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from bot.admin.ports import ConversationView, MessageView, Stats, UserView
+from bot.admin.ports import ConversationView, MessageView, PlatformActivity, Stats, UserView
 from storage import models
 from storage.db import Database, fetch_all
 from storage.models import UtcDateTime
@@ -39,7 +40,7 @@ _messages = cast(Table, models.Message.__table__)
 _USER = "user"
 _ASSISTANT = "assistant"
 # The closing statuses of an inbound message that the stats count.
-_OUTCOMES = ("answered", "failed", "rate_limited")
+_OUTCOMES = ("answered", "failed", "rate_limited", "banned")
 
 # Each conversation's size and newest message, over which the conversation list pages.
 _LATEST = (
@@ -79,13 +80,25 @@ _USER_BY_ID = select(_users, _USER_MESSAGES).where(_users.c.id == bindparam("use
 _SINCE = bindparam("since", type_=UtcDateTime())
 _UNTIL = bindparam("until", type_=UtcDateTime())
 _IN_RANGE = and_(_messages.c.created_at >= _SINCE, _messages.c.created_at < _UNTIL)
-_LATENCIES = select(_messages.c.latency_ms).where(
-    _IN_RANGE, _messages.c.role == _ASSISTANT, _messages.c.latency_ms.is_not(None)
-)
+_HAS_LATENCY = and_(_IN_RANGE, _messages.c.role == _ASSISTANT, _messages.c.latency_ms.is_not(None))
 _OUTCOME_COUNTS = (
     select(_messages.c.status, func.count().label("message_count"))
     .where(_IN_RANGE, _messages.c.role == _USER, _messages.c.status.in_(_OUTCOMES))
     .group_by(_messages.c.status)
+)
+
+_LATEST_BY_PLATFORM = select(
+    _conversations.c.platform, func.max(_conversations.c.updated_at).label("last_at")
+).group_by(_conversations.c.platform)
+_FAILED_BY_PLATFORM = (
+    select(_conversations.c.platform, func.count().label("failed"))
+    .select_from(_messages.join(_conversations))
+    .where(
+        _messages.c.created_at >= _SINCE,
+        _messages.c.role == _USER,
+        _messages.c.status == "failed",
+    )
+    .group_by(_conversations.c.platform)
 )
 
 
@@ -123,9 +136,52 @@ def _transcript(connection: Connection, parameters: dict[str, Any]) -> list[Any]
 
 
 def _update_user(connection: Connection, user_id: int, values: dict[str, Any]) -> Any:
+    if "banned" in values:
+        # A new ban gets its own notice; lifting one forgets the old.
+        changed = _users.c.banned != values["banned"]
+        values["ban_notified_at"] = case((changed, None), else_=_users.c.ban_notified_at)
     if values:
         connection.execute(update(_users).where(_users.c.id == user_id).values(**values))
     return connection.execute(_USER_BY_ID, {"user_id": user_id}).one_or_none()
+
+
+def _latencies(
+    connection: Connection, dialect_name: str, parameters: dict[str, Any]
+) -> tuple[dict[str, tuple[float, float]], tuple[float, float] | None]:
+    """Model latency p50 and p95 for each day and for the whole range."""
+    day = _day(dialect_name).label("day")
+    if dialect_name == "postgresql":
+        # Computed by the database: a busy range holds millions of replies.
+        percentiles = func.percentile_cont(literal_column("ARRAY[0.5, 0.95]")).within_group(
+            _messages.c.latency_ms
+        )
+        statement = (
+            select(day, percentiles.label("p")).where(_HAS_LATENCY).group_by(func.rollup(day))
+        )
+        per_day: dict[str, tuple[float, float]] = {}
+        overall = None
+        for row in connection.execute(statement, parameters):
+            if row.p is None:  # the total of an empty range
+                continue
+            value = (float(row.p[0]), float(row.p[1]))
+            if row.day is None:
+                overall = value
+            else:
+                per_day[str(row.day)] = value
+        return per_day, overall
+    by_day: dict[str, list[float]] = {}
+    every: list[float] = []
+    statement = select(day, _messages.c.latency_ms).where(_HAS_LATENCY)
+    for row in connection.execute(statement, parameters):
+        by_day.setdefault(str(row.day), []).append(float(row.latency_ms))
+        every.append(float(row.latency_ms))
+    return {d: _p50_p95(sorted(values)) for d, values in by_day.items()}, (
+        _p50_p95(sorted(every)) if every else None
+    )
+
+
+def _p50_p95(ordered: list[float]) -> tuple[float, float]:
+    return _percentile(ordered, 0.50), _percentile(ordered, 0.95)
 
 
 def _stats(connection: Connection, dialect_name: str, parameters: dict[str, Any]) -> Stats:
@@ -147,7 +203,7 @@ def _stats(connection: Connection, dialect_name: str, parameters: dict[str, Any]
         .group_by(day)
         .order_by(day)
     )
-    latencies = sorted(float(value) for value in connection.scalars(_LATENCIES, parameters))
+    per_day, overall = _latencies(connection, dialect_name, parameters)
     outcomes = {
         row.status: int(row.message_count)
         for row in connection.execute(_OUTCOME_COUNTS, parameters)
@@ -165,18 +221,21 @@ def _stats(connection: Connection, dialect_name: str, parameters: dict[str, Any]
             }
             for row in connection.execute(tokens, parameters)
         ],
-        latency_p50_ms=_percentile(latencies, 0.50),
-        latency_p95_ms=_percentile(latencies, 0.95),
+        latency_per_day=[
+            {"day": day, "p50_ms": round(p50, 2), "p95_ms": round(p95, 2)}
+            for day, (p50, p95) in sorted(per_day.items())
+        ],
+        latency_p50_ms=None if overall is None else round(overall[0], 2),
+        latency_p95_ms=None if overall is None else round(overall[1], 2),
         answered=outcomes.get("answered", 0),
         failed=outcomes.get("failed", 0),
         rate_limited=outcomes.get("rate_limited", 0),
+        banned=outcomes.get("banned", 0),
     )
 
 
-def _percentile(ordered: list[float], fraction: float) -> float | None:
-    """Linear interpolation between the closest ranks of the sorted values."""
-    if not ordered:
-        return None
+def _percentile(ordered: list[float], fraction: float) -> float:
+    """Linear interpolation between the closest ranks of the sorted, non-empty values."""
     position = (len(ordered) - 1) * fraction
     below = math.floor(position)
     above = math.ceil(position)
@@ -311,8 +370,25 @@ class SqlAdminQueries:
             values["banned"] = banned
         if set_rate_limit:
             values["rate_limit"] = rate_limit
-        row = await self._db.run(_update_user, user_id, values)
+        row = await self._db.transaction(_update_user, user_id, values)
         return None if row is None else _user(row)
+
+    async def activity(self, since: datetime) -> list[PlatformActivity]:
+        """Each platform's newest message, and its turns that failed since ``since``.
+
+        The newest message is read off the conversations (each message touches its own),
+        and the failures off the last hour's range of ``ix_messages_created_at``.
+        """
+        parameters = {"since": since}
+        latest = await self._db.run(fetch_all, _LATEST_BY_PLATFORM, parameters)
+        failed = {
+            row.platform: int(row.failed)
+            for row in await self._db.run(fetch_all, _FAILED_BY_PLATFORM, parameters)
+        }
+        return [
+            PlatformActivity(row.platform, row.last_at, failed.get(row.platform, 0))
+            for row in latest
+        ]
 
     async def stats(self, since: datetime, until: datetime) -> Stats:
         """Activity from ``since`` (inclusive) to ``until`` (exclusive), by UTC day.

@@ -47,7 +47,7 @@ NAMING_CONVENTION: dict[str, str] = {
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 ROLES = ("user", "assistant")
-STATUSES = ("received", "answered", "failed", "rate_limited")
+STATUSES = ("received", "answered", "failed", "rate_limited", "banned")
 # Predicates of the partial indexes. Queries must spell them the same way, without
 # parameters, for the planners to pick these indexes.
 RECEIVED_PREDICATE = "status = 'received'"
@@ -111,6 +111,8 @@ class User(Base):
     # Set when the platform says the user cannot be reached (blocked the bot); cleared
     # when the user writes again.
     unreachable_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When the banned user was told so; cleared when the ban is lifted or set again.
+    ban_notified_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Conversation(Base):
@@ -140,6 +142,8 @@ class Message(Base):
         CheckConstraint(f"status IN {STATUSES}", name="status"),
         # The newest messages of a conversation, the prompt history's query.
         Index(None, "conversation_id", "id"),
+        # The admin's statistics and health, which read a range of days or the last hour.
+        Index(None, "created_at"),
         # Recovery after a restart: messages not answered yet, and replies not delivered
         # yet. Partial, so each stays as small as its backlog (and an index on the status
         # alone would lure SQLite's planner away from the history index).

@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import (
     Integer,
     Table,
+    and_,
     bindparam,
     exists,
     func,
@@ -51,7 +52,7 @@ from bot.messages import (
     StoredMessage,
     Usage,
 )
-from bot.ports import NewReply
+from bot.ports import Admission, NewReply
 from storage.db import Database
 from storage.models import (
     RECEIVED_PREDICATE,
@@ -131,6 +132,30 @@ _REPLY_COLUMNS = (
 
 _EVENT = select(_events.c.message_id, _events.c.created_at).where(
     _events.c.platform == bindparam("platform"), _events.c.event_id == bindparam("event_id")
+)
+
+# Ahead of storing a message, one round trip: an earlier delivery with its event id, and
+# what an admin set for its user. A row comes back even when neither exists.
+_ANCHOR = select(literal_column("1").label("one")).subquery("anchor")
+_ADMISSION = select(
+    _events.c.message_id,
+    _events.c.created_at,
+    _users.c.banned,
+    _users.c.rate_limit,
+).select_from(
+    _ANCHOR.outerjoin(
+        _users,
+        and_(
+            _users.c.platform == bindparam("platform"),
+            _users.c.platform_user_id == bindparam("platform_user_id"),
+        ),
+    ).outerjoin(
+        _events,
+        and_(
+            _events.c.platform == bindparam("platform"),
+            _events.c.event_id == bindparam("event_id"),
+        ),
+    )
 )
 
 _GET_MESSAGE = (
@@ -232,6 +257,18 @@ _MARK_DELIVERED = (
     update(_messages)
     .where(_messages.c.id == bindparam("reply_id"), _messages.c.delivered_at.is_(None))
     .values(delivered_at=_now(), updated_at=_now())
+)
+
+# The first message of a banned user since the ban claims the notice; later ones find it taken.
+_CLAIM_BAN_NOTICE = (
+    update(_users)
+    .where(
+        _users.c.id == bindparam("user_id"),
+        _users.c.banned.is_(True),
+        _users.c.ban_notified_at.is_(None),
+    )
+    .values(ban_notified_at=_now())
+    .returning(_users.c.id)
 )
 
 _MARK_UNREACHABLE = (
@@ -480,6 +517,14 @@ def _event(connection: Connection, platform: str, event_id: str) -> Any:
     return connection.execute(_EVENT, {"platform": platform, "event_id": event_id}).one_or_none()
 
 
+def _admission(connection: Connection, parameters: dict[str, Any]) -> Any:
+    return connection.execute(_ADMISSION, parameters).one()
+
+
+def _claim_ban_notice(connection: Connection, parameters: dict[str, Any]) -> bool:
+    return connection.execute(_CLAIM_BAN_NOTICE, parameters).first() is not None
+
+
 def _get_message(connection: Connection, message_id: int) -> StoredMessage | None:
     row = connection.execute(_GET_MESSAGE, {"message_id": message_id}).one_or_none()
     return None if row is None else _stored(row)
@@ -529,16 +574,31 @@ class SqlConversationStore:
         self._db = database
         self._postgres = database.dialect_name == "postgresql"
 
-    async def find_event(self, platform: str, event_id: str, within_seconds: float) -> int | None:
-        """The id of the message first delivered with this event id, if that was recent.
+    async def admission(
+        self, platform: str, platform_user_id: str, event_id: str | None, within_seconds: float
+    ) -> Admission:
+        """An earlier recent delivery of the event, and the user's ban and own rate limit.
 
-        A cheap read ahead of the rate limiter; :meth:`store_inbound` claims the id again
-        when it writes, so a race between two deliveries is still caught there.
+        A cheap read ahead of the rate limiter; :meth:`store_inbound` claims the event id
+        again when it writes, so a race between two deliveries is still caught there.
         """
-        row = await self._db.run(_event, platform, event_id)
-        if row is None or row.created_at <= utcnow() - timedelta(seconds=within_seconds):
-            return None
-        return int(row.message_id)
+        parameters = {
+            "platform": platform,
+            "platform_user_id": platform_user_id,
+            "event_id": event_id,
+        }
+        row = await self._db.run(_admission, parameters)
+        first = None
+        if row.message_id is not None and row.created_at > utcnow() - timedelta(
+            seconds=within_seconds
+        ):
+            first = int(row.message_id)
+        return Admission(first, banned=bool(row.banned), rate_limit=row.rate_limit)
+
+    async def claim_ban_notice(self, user_id: int) -> bool:
+        """True for the first call since the user was banned: that message gets the notice."""
+        parameters = {"user_id": user_id, "now": utcnow()}
+        return bool(await self._db.run(_claim_ban_notice, parameters))
 
     async def store_inbound(
         self, message: InboundMessage, status: MessageStatus, *, dedup_seconds: float

@@ -136,3 +136,154 @@ async def test_the_openapi_document_names_exactly_the_routes_served(
     }
     assert documented == served
     assert document["openapi"].startswith("3.1")
+
+
+async def patch_user(
+    client: TestClient[Any, Any], auth: dict[str, str], user_id: int, body: Any
+) -> tuple[int, dict[str, Any]]:
+    response = await client.patch(f"/api/users/{user_id}", json=body, headers=auth)
+    return response.status, await response.json()
+
+
+async def user_id_of(client: TestClient[Any, Any], auth: dict[str, str], name: str) -> int:
+    listed = await (await client.get(f"/api/users?q={name}", headers=auth)).json()
+    [user] = listed["items"]
+    return int(user["id"])
+
+
+async def send(client: TestClient[Any, Any], text: str, user: str) -> tuple[int, dict[str, Any]]:
+    response = await client.post(
+        "/webhooks/generic", json=message(text, f"chat-{user}", user), headers=bearer()
+    )
+    return response.status, await response.json()
+
+
+async def test_a_ban_takes_effect_on_the_next_message_with_one_notice(
+    client: TestClient[Any, Any],
+) -> None:
+    await talk(client, "hello", "chat-mallory", "mallory")
+    auth = await token(client)
+    mallory = await user_id_of(client, auth, "mallory")
+
+    status, user = await patch_user(client, auth, mallory, {"banned": True})
+    assert (status, user["banned"]) == (200, True)
+
+    first_status, first = await send(client, "let me in", "mallory")
+    second_status, second = await send(client, "please", "mallory")
+    assert (first_status, first["error"]) == (403, "banned")
+    assert (second_status, second["error"]) == (403, "banned")
+    listed = await (await client.get("/api/conversations?q=please", headers=auth)).json()
+    transcript = await (
+        await client.get(f"/api/conversations/{listed['items'][0]['id']}/messages", headers=auth)
+    ).json()
+    # Both messages are kept for the record, neither is answered by the model, and the
+    # user is told once.
+    after_ban = transcript["items"][2:]
+    assert sorted((m["role"], m["status"]) for m in after_ban) == [
+        ("assistant", "banned"),
+        ("user", "banned"),
+        ("user", "banned"),
+    ]
+    [notice] = [m for m in after_ban if m["role"] == "assistant"]
+    assert "blocked" in notice["text"]
+    assert notice["model"] is None
+
+    await patch_user(client, auth, mallory, {"banned": False})
+    status, answered = await send(client, "sorry", "mallory")
+    assert status == 200
+    assert answered["reply"].endswith(": sorry")
+    stats = await (await client.get("/api/stats", headers=auth)).json()
+    assert stats["banned"] == 2
+
+
+async def test_a_users_own_rate_limit_applies_from_the_next_message(
+    client: TestClient[Any, Any],
+) -> None:
+    await talk(client, "hello", "chat-vip", "vip")
+    auth = await token(client)
+    vip = await user_id_of(client, auth, "vip")
+
+    status, user = await patch_user(client, auth, vip, {"rate_limit": " 1/hour ; 5/day "})
+    assert (status, user["rate_limit"]) == (200, "1/hour;5/day")
+    assert (await send(client, "one", "vip"))[0] == 200
+    status, refused = await send(client, "two", "vip")
+    assert (status, refused["error"]) == (429, "rate_limited")
+    # Other users keep the service's limit.
+    assert (await send(client, "one", "someone-else"))[0] == 200
+
+    status, user = await patch_user(client, auth, vip, {"rate_limit": None})
+    assert (status, user["rate_limit"]) == (200, None)
+    assert (await send(client, "three", "vip"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"banned": "yes"}, "banned"),
+        ({"rate_limit": "lots"}, "rate_limit"),
+        ({"rate_limit": "0/minute"}, "rate_limit"),
+        ({"rate_limit": 10}, "rate_limit"),
+        ({"name": "Eve"}, "name"),
+        ({}, "body"),
+        (["banned"], "body"),
+    ],
+)
+async def test_a_bad_user_change_is_refused_naming_the_field(
+    client: TestClient[Any, Any], body: Any, field: str
+) -> None:
+    await talk(client, "hello", "chat-1", "ann")
+    auth = await token(client)
+    ann = await user_id_of(client, auth, "ann")
+    status, error = await patch_user(client, auth, ann, body)
+    assert (status, error["field"]) == (400, field)
+    listed = await (await client.get("/api/users?q=ann", headers=auth)).json()
+    assert (listed["items"][0]["banned"], listed["items"][0]["rate_limit"]) == (False, None)
+
+
+async def test_changing_an_unknown_user_is_404_and_needs_a_token(
+    client: TestClient[Any, Any],
+) -> None:
+    auth = await token(client)
+    assert (await patch_user(client, auth, 999999, {"banned": True}))[0] == 404
+    assert (await patch_user(client, auth, "abc", {"banned": True}))[0] == 404  # type: ignore[arg-type]
+    assert (await patch_user(client, {}, 1, {"banned": True}))[0] == 401
+
+
+async def test_bans_and_limits_are_written_to_the_audit_log(
+    client: TestClient[Any, Any], database_url: str
+) -> None:
+    await talk(client, "hello", "chat-1", "ann")
+    auth = await token(client)
+    ann = await user_id_of(client, auth, "ann")
+    await patch_user(client, auth, ann, {"banned": True, "rate_limit": "2/minute"})
+    database = open_database(database_url, 1)
+    try:
+        entries = await SqlAdminStore(database).audit_log()
+    finally:
+        await database.dispose()
+    actions = {(e.event, e.username) for e in entries}
+    assert {("user_banned", "ops"), ("user_rate_limit", "ops")} <= actions
+    assert any(e.detail and "2/minute" in e.detail and "ann" in e.detail for e in entries)
+
+
+async def test_health_names_dependencies_adapters_and_the_queue(
+    client: TestClient[Any, Any],
+) -> None:
+    await talk(client, "hello", "chat-1", "ann")
+    health = await (await client.get("/api/health", headers=await token(client))).json()
+    assert health["status"] == "ok"
+    assert health["checks"]["database"]["status"] == "ok"
+    assert health["checks"]["llm"]["status"] == "echo"
+    assert health["adapters"]["webhook"]["status"] == "ok"
+    assert health["adapters"]["webhook"]["last_message_at"] is not None
+    assert health["adapters"]["telegram"]["status"] == "disabled"
+    assert health["queue"]["depth"] == 0
+    assert (await client.get("/api/health")).status == 401
+
+
+async def test_stats_give_latency_per_day(client: TestClient[Any, Any]) -> None:
+    await talk(client, "hello", "chat-1", "ann")
+    stats = await (await client.get("/api/stats?days=2", headers=await token(client))).json()
+    [today] = stats["latency_per_day"]
+    assert today["p50_ms"] <= today["p95_ms"]
+    assert stats["latency_p50_ms"] == today["p50_ms"]

@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from pwdlib.hashers.bcrypt import BcryptHasher
+from redis.asyncio import Redis
 
+from bot import keys
 from bot.admin.passwords import hash_password
 from storage.admin_store import SqlAdminStore
 from storage.db import open_database
@@ -125,6 +127,37 @@ async def test_five_failures_lock_the_account_for_an_hour_across_addresses(
     async with running(settings(database_url=database_url)) as restarted:
         again = await sign_in(base_of(restarted), address="127.0.3.10")
         assert again.status == 429
+
+
+async def test_with_redis_the_lock_is_kept_in_redis_for_every_process(
+    postgres_url: str, redis_url: str
+) -> None:
+    await create(postgres_url)
+    config = settings(database_url=postgres_url, redis_url=redis_url)
+    async with running(config) as first, running(config) as second:
+        # Failures counted by two processes add up to one lock.
+        for n in range(5):
+            web = first if n % 2 else second
+            response = await sign_in(
+                base_of(web), password="wrong password!", address=f"127.0.5.{n}"
+            )
+            assert response.status == 401
+        assert (await sign_in(base_of(first), address="127.0.5.9")).status == 429
+    client = Redis.from_url(redis_url)
+    try:
+        lock = await client.pttl(f"{keys.ADMIN_LOCK}:ops")
+    finally:
+        await client.aclose()
+    assert 3_500_000 < lock <= 3_600_000
+    store, database = await store_for(postgres_url)
+    try:
+        assert (await store.login_failures("ops")).count == 0  # not in the database
+    finally:
+        await database.dispose()
+    async with running(config) as restarted:
+        locked = await sign_in(base_of(restarted), address="127.0.5.10")
+        assert locked.status == 429
+        assert int(locked.headers["Retry-After"]) > 3500
 
 
 async def test_one_address_gets_five_attempts_a_minute(client: TestClient[Any, Any]) -> None:

@@ -96,7 +96,7 @@ def test_queries_offer_every_method_of_the_port() -> None:
     port_methods = {
         name for name, member in vars(AdminQueries).items() if inspect.iscoroutinefunction(member)
     }
-    assert len(port_methods) == 5
+    assert len(port_methods) == 6
     for name in port_methods:
         implementation = getattr(SqlAdminQueries, name)
         assert inspect.iscoroutinefunction(implementation), name

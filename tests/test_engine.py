@@ -17,6 +17,7 @@ from bot.ports import Job
 from bot.queue import MemoryQueue
 from bot.ratelimit import LimitsRateLimiter
 from bot.worker import Worker
+from storage.admin_queries import SqlAdminQueries
 from storage.db import open_database
 from storage.repository import SqlConversationStore
 from tests.fake_openai import FakeOpenAI
@@ -226,3 +227,58 @@ async def test_recovery_leaves_messages_of_platforms_not_served_here_untouched(r
     await asyncio.sleep(0.5)  # time enough for a doomed job to be retried and abandoned
     stored = await rig.store.get_message(elsewhere.id)
     assert stored is not None and stored.status is MessageStatus.RECEIVED
+
+
+async def set_user(sqlite_url: str, user_id: int, **changes: object) -> None:
+    database = open_database(sqlite_url, 1)
+    try:
+        await SqlAdminQueries(database).update_user(
+            user_id,
+            banned=changes.get("banned"),  # type: ignore[arg-type]
+            rate_limit=changes.get("rate_limit"),  # type: ignore[arg-type]
+            set_rate_limit="rate_limit" in changes,
+        )
+    finally:
+        await database.dispose()
+
+
+async def test_a_banned_user_is_told_once_and_the_model_is_not_asked(
+    rig: Rig, sqlite_url: str
+) -> None:
+    first = await rig.engine.accept(inbound("hi"))
+    await rig.sender.wait_for(1)
+    stored = await rig.store.get_message(first.message_id)
+    assert stored is not None
+    await set_user(sqlite_url, stored.user_id, banned=True)
+
+    outcomes = [await rig.engine.accept(inbound(text)) for text in ("a", "b", "/help")]
+
+    assert [o.outcome for o in outcomes] == [Outcome.BANNED] * 3
+    assert [o.queued for o in outcomes] == [True, False, False]
+    delivered = await rig.sender.wait_for(2)
+    await asyncio.sleep(0.1)
+    assert len(rig.sender.delivered) == 2
+    assert "blocked" in delivered[1].text
+    assert len(rig.fake.requests) == 1  # only the message before the ban
+    for accepted in outcomes:
+        message = await rig.store.get_message(accepted.message_id)
+        assert message is not None and message.status is MessageStatus.BANNED
+
+
+async def test_a_users_own_limit_replaces_the_default_for_them_only(
+    rig: Rig, sqlite_url: str
+) -> None:
+    first = await rig.engine.accept(inbound("hi"))
+    stored = await rig.store.get_message(first.message_id)
+    assert stored is not None
+    await set_user(sqlite_url, stored.user_id, rate_limit="2/minute")
+
+    # The new windows count from the change on.
+    outcomes = [(await rig.engine.accept(inbound(text))).outcome for text in ("1", "2", "3")]
+    other = await rig.engine.accept(
+        InboundMessage(platform="test", conversation_key="c9", user_id="u2", text="me too")
+    )
+    assert outcomes == [Outcome.QUEUED, Outcome.QUEUED, Outcome.RATE_LIMITED]
+    assert other.outcome is Outcome.QUEUED
+    [window] = await rig.engine.usage("test", "u1")
+    assert (window.limit, window.period, window.remaining) == (2, "minute", 0)

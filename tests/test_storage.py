@@ -28,6 +28,7 @@ from bot.messages import (
     Usage,
 )
 from bot.ports import ConversationStore, NewReply
+from storage.admin_queries import SqlAdminQueries
 from storage.db import SQLITE_BUSY_TIMEOUT_MS, Database, open_database
 from storage.migrate import upgrade_head
 from storage.models import Base, Conversation, InboundEvent, Message, User, utcnow
@@ -193,14 +194,49 @@ async def test_expired_event_id_is_accepted_again(store: SqlConversationStore) -
     assert caught.value.message_id == again.id
 
 
-async def test_find_event_names_a_recent_delivery_only(store: SqlConversationStore) -> None:
-    assert await store.find_event("telegram", "update-7", HOUR) is None
+async def test_admission_names_a_recent_delivery_only(store: SqlConversationStore) -> None:
+    assert (await store.admission("telegram", "u-1", "update-7", HOUR)).first_message_id is None
     first = await receive(store, inbound(event_id="update-7"))
 
-    assert await store.find_event("telegram", "update-7", HOUR) == first.id
-    assert await store.find_event("slack", "update-7", HOUR) is None
+    assert (await store.admission("telegram", "u-1", "update-7", HOUR)).first_message_id == first.id
+    assert (await store.admission("slack", "u-1", "update-7", HOUR)).first_message_id is None
+    assert (await store.admission("telegram", "u-1", None, HOUR)).first_message_id is None
     await asyncio.sleep(0.05)
-    assert await store.find_event("telegram", "update-7", 0.01) is None
+    assert (await store.admission("telegram", "u-1", "update-7", 0.01)).first_message_id is None
+
+
+async def test_admission_reports_what_an_admin_set_for_the_user(
+    store: SqlConversationStore, database: Database
+) -> None:
+    unknown = await store.admission("telegram", "nobody", None, HOUR)
+    assert (unknown.banned, unknown.rate_limit) == (False, None)
+    first = await receive(store, inbound(user="u-9"))
+    queries = SqlAdminQueries(database)
+
+    await queries.update_user(first.user_id, banned=True, rate_limit="3/hour", set_rate_limit=True)
+
+    seen = await store.admission("telegram", "u-9", None, HOUR)
+    assert (seen.banned, seen.rate_limit) == (True, "3/hour")
+    # The same platform id elsewhere is another person.
+    assert not (await store.admission("slack", "u-9", None, HOUR)).banned
+
+
+async def test_a_ban_notice_is_claimed_once_per_ban(
+    store: SqlConversationStore, database: Database
+) -> None:
+    first = await receive(store, inbound(user="u-3"))
+    queries = SqlAdminQueries(database)
+    assert not await store.claim_ban_notice(first.user_id)  # not banned
+
+    await queries.update_user(first.user_id, banned=True, rate_limit=None, set_rate_limit=False)
+    claims = await asyncio.gather(*(store.claim_ban_notice(first.user_id) for _ in range(5)))
+    assert sorted(claims) == [False, False, False, False, True]
+    # Banning again while banned changes nothing; lifting and renewing the ban does.
+    await queries.update_user(first.user_id, banned=True, rate_limit=None, set_rate_limit=False)
+    assert not await store.claim_ban_notice(first.user_id)
+    await queries.update_user(first.user_id, banned=False, rate_limit=None, set_rate_limit=False)
+    await queries.update_user(first.user_id, banned=True, rate_limit=None, set_rate_limit=False)
+    assert await store.claim_ban_notice(first.user_id)
 
 
 async def test_concurrent_first_messages_share_one_conversation(

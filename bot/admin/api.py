@@ -15,6 +15,7 @@ from bot.admin.openapi import OPENAPI
 from bot.admin.ports import Admin, AdminQueries
 from bot.errors import DependencyUnavailable
 from bot.http import error_response, json_response
+from config.settings import parse_rate_limit
 
 AUTH = web.AppKey("admin_auth", AdminAuth)
 _ADMIN = web.RequestKey("admin", Admin)
@@ -102,6 +103,8 @@ def _unauthorized(detail: str) -> web.Response:
 
 
 QUERIES = web.AppKey("admin_queries", AdminQueries)
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+HEALTH: web.AppKey[HealthCheck] = web.AppKey("admin_health")
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 50
 
@@ -118,7 +121,9 @@ def add_read_routes(app: web.Application) -> None:
     app.router.add_get("/api/conversations", signed_in(conversations))
     app.router.add_get("/api/conversations/{id}/messages", signed_in(conversation_messages))
     app.router.add_get("/api/users", signed_in(users))
+    app.router.add_patch("/api/users/{id}", signed_in(update_user))
     app.router.add_get("/api/stats", signed_in(stats))
+    app.router.add_get("/api/health", signed_in(health))
     app.router.add_get("/api/openapi.json", openapi_document)
 
 
@@ -213,6 +218,72 @@ async def users(request: web.Request) -> web.Response:
 
 
 @_validated
+async def update_user(request: web.Request) -> web.Response:
+    """Ban or unban a user, or set their own rate limit (``null``: the service's)."""
+    try:
+        user_id = int(request.match_info["id"])
+    except ValueError:
+        return error_response(404, "not_found", "no such user")
+    changes = _user_changes(await _json_object(request))
+    found = await request.app[QUERIES].update_user(
+        user_id,
+        banned=changes.get("banned"),
+        rate_limit=changes.get("rate_limit"),
+        set_rate_limit="rate_limit" in changes,
+    )
+    if found is None:
+        return error_response(404, "not_found", "no such user")
+    who = f"user {found.id} ({found.platform}:{found.platform_user_id})"
+    auth, admin = request.app[AUTH], request[_ADMIN]
+    if "banned" in changes:
+        event = "user_banned" if changes["banned"] else "user_unbanned"
+        await auth.record(admin, event, who, request.remote)
+    if "rate_limit" in changes:
+        limit = changes["rate_limit"] or "default"
+        await auth.record(admin, "user_rate_limit", f"{who}: {limit}", request.remote)
+    return json_response(_jsonable(found))
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise _Invalid("body", "the body is not a JSON object")
+    return body
+
+
+def _user_changes(body: dict[str, Any]) -> dict[str, Any]:
+    """``banned`` and ``rate_limit`` from a PATCH body, checked; nothing else is accepted."""
+    unknown = sorted(set(body) - {"banned", "rate_limit"})
+    if unknown:
+        raise _Invalid(unknown[0], f"{unknown[0]}: not a field of a user that can be changed")
+    if not body:
+        raise _Invalid("body", "give banned, rate_limit or both")
+    if "banned" in body and not isinstance(body["banned"], bool):
+        raise _Invalid("banned", "banned: true or false")
+    if "rate_limit" in body:
+        limit = body["rate_limit"]
+        if limit is not None and not isinstance(limit, str):
+            raise _Invalid("rate_limit", "rate_limit: a string such as 10/minute;100/day, or null")
+        body["rate_limit"] = _rate_limit(limit)
+    return body
+
+
+def _rate_limit(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        windows = parse_rate_limit(value)
+    except ValueError as exc:
+        raise _Invalid("rate_limit", f"rate_limit: {exc}") from None
+    if len(value) > 200 or len(windows) > 8:
+        raise _Invalid("rate_limit", "rate_limit: at most 8 windows")
+    return ";".join(f"{limit}/{period}" for limit, period in windows)
+
+
+@_validated
 async def stats(request: web.Request) -> web.Response:
     """Activity over the last ``days`` days (default 14), today included."""
     days = _int(request, "days", 14, 1, 366) or 14  # never None: it has a default
@@ -221,6 +292,11 @@ async def stats(request: web.Request) -> web.Response:
     body = dataclasses.asdict(found)
     body["days"] = days
     return json_response(body)
+
+
+async def health(request: web.Request) -> web.Response:
+    """The dependencies, each adapter's recent activity and the queue, for the overview."""
+    return json_response(await request.app[HEALTH]())
 
 
 async def openapi_document(_: web.Request) -> web.Response:

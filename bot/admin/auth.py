@@ -16,7 +16,7 @@ import jwt
 import structlog
 
 from bot.admin.passwords import dummy_hash, verify_password
-from bot.admin.ports import Admin, AdminStore
+from bot.admin.ports import Admin, AdminStore, Lockout
 from bot.ports import RateLimiter
 
 logger = structlog.get_logger(__name__)
@@ -62,8 +62,11 @@ class AdminAuth:
         *,
         secret_key: str | None = None,
         token_seconds: int = TOKEN_SECONDS,
+        lockout: Lockout | None = None,
     ) -> None:
         self._store = store
+        # Where failures are counted and locks kept: Redis when configured, else the store.
+        self._lockout: Lockout = lockout if lockout is not None else store
         self._limiter = address_limiter
         self._key = secret_key
         self._token_seconds = token_seconds
@@ -82,7 +85,7 @@ class AdminAuth:
             raise SignInRefused(
                 429, "too_many_attempts", "too many sign-in attempts", decision.retry_after
             )
-        failures = await self._store.login_failures(username)
+        failures = await self._lockout.login_failures(username)
         if failures.locked_until is not None:
             await self._store.audit("refused_locked", username, address)
             raise _locked(failures.locked_until)
@@ -91,7 +94,7 @@ class AdminAuth:
             password, admin.password_hash if admin is not None else dummy_hash()
         )
         if admin is None or not valid:
-            failures = await self._store.add_login_failure(
+            failures = await self._lockout.add_login_failure(
                 username, FAILURE_WINDOW_SECONDS, MAX_FAILURES, LOCK_SECONDS
             )
             await self._store.audit("login_failed", username, address)
@@ -99,7 +102,7 @@ class AdminAuth:
                 await self._store.audit("locked", username, address)
                 logger.warning("admin_locked", username=username, address=address)
             raise SignInRefused(401, "invalid_credentials", "wrong username or password")
-        await self._store.clear_login_failures(username)
+        await self._lockout.clear_login_failures(username)
         await self._store.record_login(admin.id, new_hash)
         expires = datetime.now(UTC) + timedelta(seconds=self._token_seconds)
         session = await self._store.create_session(admin.id, expires)
@@ -143,6 +146,10 @@ class AdminAuth:
         """Revoke the session; its token stops working everywhere at once."""
         await self._store.revoke_session(session_id)
         await self._store.audit("logout", admin.username, address)
+
+    async def record(self, admin: Admin, event: str, detail: str, address: str | None) -> None:
+        """Write an admin's action (a ban, a changed limit) to the audit log."""
+        await self._store.audit(event, admin.username, address, detail)
 
     async def _signing_key(self) -> str:
         if self._key is None:

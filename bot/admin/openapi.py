@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bot.admin.ports import ConversationView, MessageView, UserView
+from bot.admin.ports import ConversationView, MessageView, Stats, UserView
 
 _ERROR = {
     "type": "object",
@@ -24,6 +24,9 @@ def _object(view: type) -> dict[str, Any]:
     """A JSON schema for a view dataclass, from its field annotations."""
     properties: dict[str, Any] = {}
     for field in dataclasses.fields(view):
+        if str(field.type).startswith("list["):
+            properties[field.name] = {"type": "array", "items": {"type": "object"}}
+            continue
         kinds = [part.strip() for part in str(field.type).split("|")]
         types = ["null" if kind == "None" else _TYPES.get(kind, "string") for kind in kinds]
         schema: dict[str, Any] = {"type": types[0] if len(types) == 1 else types}
@@ -76,6 +79,39 @@ def _page(item: str) -> dict[str, Any]:
     }
 
 
+_CHECK = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string"},
+        "duration_ms": {"type": "number"},
+        "error": {"type": "string"},
+    },
+}
+_HEALTH = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["ok", "degraded", "unavailable"]},
+        "checks": {"type": "object", "additionalProperties": _CHECK},
+        "adapters": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "status": {"enum": ["ok", "degraded", "disabled"]},
+                    "last_message_at": {"type": ["string", "null"], "format": "date-time"},
+                    "failed_last_hour": {"type": "integer"},
+                },
+            },
+        },
+        "queue": {"type": "object", "properties": {"depth": {"type": ["integer", "null"]}}},
+    },
+}
+
+_STATS = _object(Stats)
+_STATS["properties"]["days"] = {"type": "integer"}
+_STATS["required"].append("days")
+
 _PAGING = [
     _query("limit", "integer", "items per page (1-100, default 50)"),
     _query("cursor", "integer", "next_cursor of the previous page"),
@@ -91,6 +127,8 @@ OPENAPI: dict[str, Any] = {
             "Conversation": _object(ConversationView),
             "Message": _object(MessageView),
             "User": _object(UserView),
+            "Stats": _STATS,
+            "Health": _HEALTH,
         },
     },
     "paths": {
@@ -147,7 +185,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Conversations, newest activity first",
                 "security": _BEARER,
                 "parameters": [
-                    _query("platform", "string", "telegram, slack, webhook, cli"),
+                    _query("platform", "string", "telegram, slack or webhook"),
                     _query("q", "string", "full-text search over messages"),
                     *_PAGING,
                 ],
@@ -183,6 +221,49 @@ OPENAPI: dict[str, Any] = {
                 "responses": {**_ok("a page of users", _page("User")), **_errors(400, 401, 503)},
             }
         },
+        "/api/users/{id}": {
+            "patch": {
+                "summary": "Ban or unban a user, or set their own rate limit",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "minProperties": 1,
+                                "additionalProperties": False,
+                                "properties": {
+                                    "banned": {"type": "boolean"},
+                                    "rate_limit": {
+                                        "type": ["string", "null"],
+                                        "description": "RATE_LIMIT syntax, e.g. 10/minute;100/day;"
+                                        " null for the service's default",
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    **_ok("the user as stored now", {"$ref": "#/components/schemas/User"}),
+                    **_errors(400, 401, 404, 503),
+                },
+            }
+        },
+        "/api/health": {
+            "get": {
+                "summary": "Database, Redis, model, adapters and queue, for the overview",
+                "security": _BEARER,
+                "responses": {
+                    **_ok("the health", {"$ref": "#/components/schemas/Health"}),
+                    **_errors(401),
+                },
+            }
+        },
         "/api/stats": {
             "get": {
                 "summary": "Messages, tokens, latency and outcomes per day",
@@ -191,7 +272,7 @@ OPENAPI: dict[str, Any] = {
                     _query("days", "integer", "days back, today included (1-366, default 14)")
                 ],
                 "responses": {
-                    **_ok("the statistics", {"type": "object"}),
+                    **_ok("the statistics", {"$ref": "#/components/schemas/Stats"}),
                     **_errors(400, 401, 503),
                 },
             }

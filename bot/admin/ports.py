@@ -49,6 +49,24 @@ class LoginFailures:
     locked_until: datetime | None = None
 
 
+class Lockout(Protocol):
+    """Failed sign-ins per account and the locks they lead to (the database's or Redis')."""
+
+    async def add_login_failure(
+        self, username: str, window_seconds: float, max_failures: int, lock_seconds: float
+    ) -> LoginFailures:
+        """Count one failure; once ``max_failures`` fall within the window, lock the account."""
+        ...
+
+    async def login_failures(self, username: str) -> LoginFailures:
+        """The current count and lock, without adding a failure."""
+        ...
+
+    async def clear_login_failures(self, username: str) -> None:
+        """Forget the failures after a successful sign-in (a lock stays until it expires)."""
+        ...
+
+
 class AdminStore(Protocol):
     """Admins, their sessions, the audit log, sign-in failures and the signing key."""
 
@@ -170,11 +188,22 @@ class Stats:
 
     messages_per_day: list[dict[str, object]]  # {"day", "platform", "messages"}
     tokens_per_day: list[dict[str, object]]  # {"day", "prompt_tokens", "completion_tokens"}
+    latency_per_day: list[dict[str, object]]  # {"day", "p50_ms", "p95_ms"}
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     answered: int
     failed: int
     rate_limited: int
+    banned: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformActivity:
+    """A platform's latest message, and its turns that failed since a moment."""
+
+    platform: str
+    last_message_at: datetime | None
+    failed: int
 
 
 class AdminQueries(Protocol):
@@ -206,4 +235,8 @@ class AdminQueries(Protocol):
 
     async def stats(self, since: datetime, until: datetime) -> Stats:
         """Activity from ``since`` (inclusive) to ``until`` (exclusive)."""
+        ...
+
+    async def activity(self, since: datetime) -> list[PlatformActivity]:
+        """Each platform that has conversations: its newest message, failures since ``since``."""
         ...
