@@ -32,11 +32,12 @@ from adapters.telegram_format import (
     to_telegram_html,
     visible_text,
 )
+from adapters.telegram_light import PrivateText, private_text
 from bot import texts
 from bot.engine import Engine
 from bot.errors import DependencyUnavailable, RecipientUnreachable, SetupError
 from bot.http import REQUEST_ID, error_response, json_response
-from bot.messages import InboundMessage, Reply, StoredMessage, parse_command
+from bot.messages import Command, InboundMessage, Reply, StoredMessage, parse_command
 from bot.ports import ReplyStream
 from config import Settings
 
@@ -352,13 +353,22 @@ class TelegramAdapter:
             return error_response(401, "unauthorized", "missing or wrong secret token")
         try:
             data = orjson.loads(await request.read())
-            update = Update.de_json(data, self._bot) if isinstance(data, dict) else None
-        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
-            update = None
-        if update is None:
-            return error_response(400, "malformed_json", "the body is not a Telegram update")
+        except orjson.JSONDecodeError:
+            data = None
+        light = private_text(data)
+        update = None
+        if light is None:
+            try:
+                update = Update.de_json(data, self._bot) if isinstance(data, dict) else None
+            except (TypeError, KeyError, ValueError):
+                update = None
+            if update is None:
+                return error_response(400, "malformed_json", "the body is not a Telegram update")
         try:
-            await self.accept_update(update, request.get(REQUEST_ID))
+            if light is not None:
+                await self._engine.accept(self._light_inbound(light, request.get(REQUEST_ID)))
+            elif update is not None:
+                await self.accept_update(update, request.get(REQUEST_ID))
         except DependencyUnavailable as exc:
             # Telegram retries a webhook that does not answer 2xx.
             logger.warning("telegram_unavailable", error=str(exc))
@@ -380,6 +390,24 @@ class TelegramAdapter:
         inbound = self._normalize(update.update_id, message, request_id)
         if inbound is not None:
             await self._engine.accept(inbound)
+
+    def _light_inbound(self, message: PrivateText, request_id: str | None) -> InboundMessage:
+        """The normalized form of a private text message read without ``Update``.
+
+        The same as :meth:`_normalize` gives for it (the tests hold the two together).
+        """
+        return _inbound(
+            update_id=message.update_id,
+            chat_id=message.chat_id,
+            thread_id=message.thread_id,
+            private=True,
+            message_id=message.message_id,
+            sender_id=message.sender_id,
+            sender_name=message.sender_name,
+            text=message.text,
+            request_id=request_id,
+            command=parse_command(message.text),
+        )
 
     async def _text_only_notice(self, message: Message) -> None:
         media = message.photo or message.voice or message.document or message.audio
@@ -404,24 +432,17 @@ class TelegramAdapter:
         sender = message.from_user
         if sender is None or sender.is_bot:
             return None
-        thread_id = message.message_thread_id if message.is_topic_message else None
-        key = str(message.chat.id) if thread_id is None else f"{message.chat.id}:{thread_id}"
-        return InboundMessage(
-            platform=PLATFORM,
-            conversation_key=key,
-            user_id=str(sender.id),
+        return _inbound(
+            update_id=update_id,
+            chat_id=message.chat.id,
+            thread_id=message.message_thread_id if message.is_topic_message else None,
+            private=private,
+            message_id=message.message_id,
+            sender_id=sender.id,
+            sender_name=sender.full_name,
             text=text,
-            event_id=str(update_id),
-            user_name=sender.full_name,
-            platform_message_id=str(message.message_id),
-            command=command,
-            route={
-                "chat_id": message.chat.id,
-                "thread_id": thread_id,
-                "reply_to": None if private else message.message_id,
-                "private": private,
-            },
             request_id=request_id,
+            command=command,
         )
 
     def _addressed(self, message: Message, text: str) -> bool:
@@ -436,3 +457,36 @@ class TelegramAdapter:
             return True
         mentions = message.parse_entities([MessageEntity.MENTION]).values()
         return any(mention.lower() == f"@{username}" for mention in mentions)
+
+
+def _inbound(
+    *,
+    update_id: int,
+    chat_id: int,
+    thread_id: int | None,
+    private: bool,
+    message_id: int,
+    sender_id: int,
+    sender_name: str,
+    text: str,
+    request_id: str | None,
+    command: Command | None,
+) -> InboundMessage:
+    """A Telegram message in the engine's form; a topic is a conversation of its own."""
+    return InboundMessage(
+        platform=PLATFORM,
+        conversation_key=str(chat_id) if thread_id is None else f"{chat_id}:{thread_id}",
+        user_id=str(sender_id),
+        text=text,
+        event_id=str(update_id),
+        user_name=sender_name,
+        platform_message_id=str(message_id),
+        command=command,
+        route={
+            "chat_id": chat_id,
+            "thread_id": thread_id,
+            "reply_to": None if private else message_id,
+            "private": private,
+        },
+        request_id=request_id,
+    )

@@ -98,6 +98,8 @@ async def test_an_operator_finds_a_conversation_reads_it_and_bans_its_user(
 ) -> None:
     await talk(production, "where is my parcel?", "mallory")
     await talk(production, "hello there", "ann")
+    await talk(production, "what are your opening hours?", "bob")
+    await talk(production, "can I change my delivery address?", "carol")
     base = str(production.make_url("/admin/"))
     page = await browser.new_page(viewport=DESKTOP)
     errors = Errors(page)
@@ -109,12 +111,12 @@ async def test_an_operator_finds_a_conversation_reads_it_and_bans_its_user(
     await sign_in(page)
     await expect(page.get_by_role("heading", name="Conversations")).to_be_visible()
     items = page.get_by_test_id("conversation-item")
-    await expect(items).to_have_count(2)
+    await expect(items).to_have_count(4)
+    await screenshot(page, "conversations")
 
     await page.get_by_label("Search").fill("parcel")
     await expect(items).to_have_count(1)
     await expect(items.first).to_contain_text("ticket-mallory")
-    await screenshot(page, "conversations")
 
     await items.first.click()
     await expect(page.get_by_role("heading", name="Conversation #")).to_be_visible()
