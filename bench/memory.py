@@ -4,8 +4,10 @@ For each backend (the SQLite default, then Postgres + Redis) it starts the fake 
 ``zapa serve``, reads the service's resident memory once it idles, then runs rounds of
 ``--conversations`` new conversations (one message each, through the synchronous generic
 webhook) and reads it again after each. Memory that keeps growing from one round to the
-next is a leak: every round does the same work on new users and conversations, so the
-process should need no more for the second than for the first.
+next is a leak: every round does the same work on new users and conversations. Some growth
+over the first rounds is by design — the rate limiter remembers each user for its longest
+window (a minute in this run), and SQLite keeps a page cache — so the verdict compares the
+last round with the one before, after those have filled.
 
 ``python -m bench.memory [--quick]``; JSON goes to ``bench/results/``.
 """
@@ -103,7 +105,10 @@ def run_backend(backend: str, args: argparse.Namespace, model_url: str) -> dict[
                 f" in {seconds:.0f} s, RSS {after:.1f} MB",
                 flush=True,
             )
-    growth = rounds[-1]["rss_mb"] - rounds[0]["rss_mb"] if len(rounds) > 1 else 0.0
+    # Steady state: the last round against the one before. The first rounds fill what is
+    # meant to fill (the rate limiter remembers each user for its longest window, SQLite's
+    # page cache), so they grow until that is full.
+    growth = rounds[-1]["rss_mb"] - rounds[-2]["rss_mb"] if len(rounds) > 1 else 0.0
     return {
         "backend": backend,
         "idle_rss_mb": round(idle, 1),
@@ -129,7 +134,7 @@ def print_table(results: list[dict[str, Any]], judged: dict[str, Any]) -> None:
     header = "| backend | idle RSS | " + " | ".join(
         f"after round {n + 1}" for n in range(len(results[0]["rounds"]))
     )
-    print(header + " | growth between rounds | budgets met |")
+    print(header + " | growth in the last round | budgets met |")
     print("|" + "---|" * (header.count("|") + 2))
     for r in results:
         after = " | ".join(f"{x['rss_mb']:.1f} MB" for x in r["rounds"])
@@ -146,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="RSS of zapa serve idle and after rounds of distinct conversations.",
     )
     parser.add_argument("--conversations", type=int, default=10_000, help="per round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(
         "--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres"
     )
