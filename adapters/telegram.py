@@ -51,6 +51,13 @@ PLATFORM = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 TYPING_EVERY_SECONDS = 4.0
 EDIT_EVERY_SECONDS = 1.0  # Telegram allows about one message (or edit) a second per chat
+COURTESY_MAX_IN_FLIGHT = 8
+"""Bot API calls waiting or under way above which "typing…" and previews are skipped.
+
+Telegram lets a bot make about 30 calls a second in all (the rate limiter holds the rest
+back), and a streamed reply takes three or more. Under a backlog those courtesies would
+take the budget from the replies themselves, so then only replies are sent.
+"""
 
 
 COMMANDS = (
@@ -177,6 +184,20 @@ class TelegramSender:
     def __init__(self, bot: ExtBot[Any], *, streaming: bool) -> None:
         self._bot = bot
         self.streaming = streaming
+        self._in_flight = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether enough calls wait for the rate limiter that courtesies should give way."""
+        return self._in_flight >= COURTESY_MAX_IN_FLIGHT
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
 
     @asynccontextmanager
     async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
@@ -192,23 +213,26 @@ class TelegramSender:
 
     async def _keep_typing(self, chat_id: Any, thread_id: Any) -> None:
         while True:
-            try:
-                await self._bot.send_chat_action(
-                    chat_id=chat_id, action=ChatAction.TYPING, message_thread_id=thread_id
-                )
-            except TelegramError as exc:  # typing is a courtesy; the reply still goes out
-                logger.debug("typing_failed", chat_id=chat_id, error=str(exc))
+            if not self.busy:
+                try:
+                    with self._calling():
+                        await self._bot.send_chat_action(
+                            chat_id=chat_id, action=ChatAction.TYPING, message_thread_id=thread_id
+                        )
+                except TelegramError as exc:  # typing is a courtesy; the reply still goes out
+                    logger.debug("typing_failed", chat_id=chat_id, error=str(exc))
             await asyncio.sleep(TYPING_EVERY_SECONDS)
 
     async def show(self, message: StoredMessage, text: str, shown_id: int | None) -> int:
         """Send or update the plain-text preview of a reply being generated; its id."""
         route = message.route
-        if shown_id is None:
-            sent = await self._bot.send_message(
-                chat_id=route["chat_id"], text=text, message_thread_id=route.get("thread_id")
-            )
-            return sent.message_id
-        await self._bot.edit_message_text(text, chat_id=route["chat_id"], message_id=shown_id)
+        with self._calling():
+            if shown_id is None:
+                sent = await self._bot.send_message(
+                    chat_id=route["chat_id"], text=text, message_thread_id=route.get("thread_id")
+                )
+                return sent.message_id
+            await self._bot.edit_message_text(text, chat_id=route["chat_id"], message_id=shown_id)
         return shown_id
 
     async def send(self, message: StoredMessage, text: str, *, replace: int | None = None) -> None:
@@ -226,10 +250,13 @@ class TelegramSender:
                 else None
             )
             try:
-                if replace is not None:
-                    await self._edit_chunk(chat_id, replace, chunk)
-                else:
-                    await self._send_chunk(chat_id, route.get("thread_id"), chunk, reply_parameters)
+                with self._calling():
+                    if replace is not None:
+                        await self._edit_chunk(chat_id, replace, chunk)
+                    else:
+                        await self._send_chunk(
+                            chat_id, route.get("thread_id"), chunk, reply_parameters
+                        )
             except Forbidden as exc:
                 # Blocked by the user, or removed from the group: nothing will get through.
                 logger.warning("telegram_forbidden", chat_id=chat_id, error=str(exc))
@@ -301,6 +328,8 @@ class _Stream:
         preview = text.strip()[:TELEGRAM_TEXT_LIMIT]
         if not preview or preview == self._shown:
             return  # Telegram refuses edits that change nothing
+        if self._sender.busy:
+            return  # the reply itself comes first; it will show the whole text
         self._last_edit = time.monotonic()
         self._shown = preview
         try:

@@ -1067,9 +1067,10 @@ def main(argv: list[str] | None = None) -> int:
         f"RATE_LIMIT={args.rate_limit} for every Zapa run; Telegram and generic requests each "
         f"come from a new user, Slack ones from {args.slack_users} users in turn",
         f"Zapa's Telegram replies go through python-telegram-bot's AIORateLimiter: at most "
-        f"{TELEGRAM_REQUESTS_PER_SECOND} Bot API requests/s, {TELEGRAM_REQUESTS_PER_REPLY} per "
-        f"private-chat reply (typing, preview, final edit), so Telegram's end-to-end rate is "
-        f"capped at {args.telegram_e2e_rate:g}/s",
+        f"{TELEGRAM_REQUESTS_PER_SECOND} Bot API requests/s; a private-chat reply takes "
+        f"{TELEGRAM_REQUESTS_PER_REPLY} (typing, preview, final edit) while few calls wait, one "
+        f"under a backlog; the end-to-end phase offers {args.telegram_e2e_rate:g}/s, where "
+        f"the courtesies still fit",
     ]
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zapa-webhooks-")))

@@ -42,6 +42,7 @@ import json
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,6 +303,11 @@ class FakeTelegram(FakeServer):
         """Wait (up to 10 s) until ``method`` has been called ``count`` times in all."""
         async with asyncio.timeout(10), self._arrived:
             await self._arrived.wait_for(lambda: len(self.times_of(method)) >= count)
+
+    async def wait_until(self, done: Callable[[], bool], seconds: float = 10.0) -> None:
+        """Wait until ``done()`` holds, checked after every call that arrives."""
+        async with asyncio.timeout(seconds), self._arrived:
+            await self._arrived.wait_for(done)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -297,6 +297,31 @@ async def test_private_reply_streams_into_one_message_edited_at_most_once_a_seco
     assert len(texts) == len(set(texts))  # no edit repeats what is already shown
 
 
+async def test_under_a_backlog_typing_and_previews_give_way_to_the_replies(
+    sqlite_url: str, fake: FakeOpenAI, telegram: FakeTelegram
+) -> None:
+    chats = range(5001, 5031)
+    fake.chunk_delay = 0.05  # the answers stream, so each one could show a preview
+    telegram.latency = 0.3  # every Bot API call takes a while: calls pile up
+    async with running(config(sqlite_url, fake, telegram, telegram_streaming=True)) as client:
+        statuses = await asyncio.gather(
+            *(deliver(client, text_update(f"question {chat}", chat_id=chat)) for chat in chats)
+        )
+        assert set(statuses) == {200}
+
+        def answered() -> set[Any]:
+            final = [m for m in [*telegram.sent(), *telegram.edits()] if m.get("parse_mode")]
+            return {m["chat_id"] for m in final}
+
+        await telegram.wait_until(lambda: len(answered()) == len(chats), seconds=20)
+    assert answered() == set(chats)
+    # With 30 replies under way, a "typing…" and a preview each would triple the calls;
+    # past a few calls in flight those are skipped and the replies go first.
+    typing = telegram.times_of("sendChatAction")
+    previews = [m for m in telegram.sent() if not m.get("parse_mode")]
+    assert len(typing) + len(previews) < len(chats)
+
+
 async def test_streaming_off_sends_one_message(
     sqlite_url: str, fake: FakeOpenAI, telegram: FakeTelegram
 ) -> None:
