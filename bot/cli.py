@@ -15,6 +15,7 @@ import structlog
 from bot import texts
 from bot.engine import Outcome
 from bot.errors import ZapaError
+from bot.heap import freeze_startup_objects
 from bot.logs import configure_logging
 from bot.messages import InboundMessage, Reply, StoredMessage, parse_command
 from bot.ports import ReplyStream
@@ -295,6 +296,12 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, no_worker:
         )
         return 2
     app = create_app(settings, run_worker=not no_worker, migrate=settings.is_sqlite)
+
+    async def freeze_heap(_: web.Application) -> None:
+        freeze_startup_objects()
+
+    # After every resource has opened (on_startup runs after the cleanup contexts).
+    app.on_startup.append(freeze_heap)
     web.run_app(
         app,
         host=host or settings.host,

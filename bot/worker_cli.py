@@ -9,6 +9,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from adapters import build_adapters
+from bot.heap import freeze_startup_objects
 from bot.redis_queue import QueueStats, RedisQueue
 from bot.runtime import answering, create_redis, open_runtime
 from config import Settings
@@ -39,6 +40,7 @@ async def _work(settings: Settings) -> int:
         try:
             for adapter in adapters:
                 await adapter.start()
+            freeze_startup_objects()
             async with answering(runtime):
                 consumer = runtime.queue.consumer if isinstance(runtime.queue, RedisQueue) else ""
                 logger.info(
