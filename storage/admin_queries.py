@@ -170,14 +170,12 @@ def _latencies(
                 per_day[str(row.day)] = value
         return per_day, overall
     by_day: dict[str, list[float]] = {}
-    every: list[float] = []
     statement = select(day, _messages.c.latency_ms).where(_HAS_LATENCY)
     for row in connection.execute(statement, parameters):
         by_day.setdefault(str(row.day), []).append(float(row.latency_ms))
-        every.append(float(row.latency_ms))
-    return {d: _p50_p95(sorted(values)) for d, values in by_day.items()}, (
-        _p50_p95(sorted(every)) if every else None
-    )
+    every = sorted(value for values in by_day.values() for value in values)
+    per_day = {d: _p50_p95(sorted(values)) for d, values in by_day.items()}
+    return per_day, _p50_p95(every) if every else None
 
 
 def _p50_p95(ordered: list[float]) -> tuple[float, float]:

@@ -26,7 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def add_routes(app: web.Application) -> None:
     """Mount the admin API; ``app[AUTH]`` must be set before it serves."""
-    app.router.add_post("/api/auth/login", login)
+    app.router.add_post("/api/auth/login", _validated(login))
     app.router.add_post("/api/auth/logout", signed_in(logout))
     app.router.add_get("/api/auth/me", signed_in(me))
 
@@ -54,24 +54,15 @@ def signed_in(handler: Handler) -> Handler:
 
 async def login(request: web.Request) -> web.Response:
     """``{"username", "password"}`` → a bearer token."""
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return error_response(400, "malformed_json", "the body is not a JSON object")
-    if not isinstance(body, dict):
-        return error_response(400, "malformed_json", "the body is not a JSON object")
+    body = await _json_object(request)
     for field in ("username", "password"):
         value = body.get(field)
         if not isinstance(value, str) or not value or len(value) > 1024:
-            return error_response(
-                400, "invalid_request", f"{field}: a non-empty string is required", field=field
-            )
+            raise _Invalid(field, f"{field}: a non-empty string is required")
     try:
         grant = await request.app[AUTH].login(body["username"], body["password"], request.remote)
     except SignInRefused as exc:
         return error_response(exc.status, exc.error, exc.detail, retry_after=exc.retry_after)
-    except DependencyUnavailable as exc:
-        return error_response(503, "unavailable", str(exc), retry_after=5)
     return json_response(
         {"access_token": grant.access_token, "token_type": "bearer", "expires_in": grant.expires_in}
     )
@@ -110,10 +101,11 @@ DEFAULT_LIMIT = 50
 
 
 class _Invalid(Exception):
-    def __init__(self, field: str, detail: str) -> None:
+    def __init__(self, field: str, detail: str, error: str = "invalid_request") -> None:
         super().__init__(detail)
         self.field = field
         self.detail = detail
+        self.error = error
 
 
 def add_read_routes(app: web.Application) -> None:
@@ -178,7 +170,7 @@ def _validated(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except _Invalid as exc:
-            return error_response(400, "invalid_request", exc.detail, field=exc.field)
+            return error_response(400, exc.error, exc.detail, field=exc.field)
         except DependencyUnavailable as exc:
             return error_response(503, "unavailable", str(exc), retry_after=5)
 
@@ -196,14 +188,13 @@ async def conversations(request: web.Request) -> web.Response:
 @_validated
 async def conversation_messages(request: web.Request) -> web.Response:
     """A conversation's transcript, oldest first."""
-    try:
-        conversation_id = int(request.match_info["id"])
-    except ValueError:
-        return error_response(404, "not_found", "no such conversation")
+    conversation_id = _path_id(request)
     limit = _limit(request, MAX_LIMIT, 500)
-    found = await request.app[QUERIES].messages(
-        conversation_id, limit=limit, after=_int(request, "cursor", None, 0, 2**62)
-    )
+    found = None
+    if conversation_id is not None:
+        found = await request.app[QUERIES].messages(
+            conversation_id, limit=limit, after=_int(request, "cursor", None, 0, 2**62)
+        )
     if found is None:
         return error_response(404, "not_found", "no such conversation")
     return json_response(_page(found, limit, lambda m: m.id))
@@ -220,17 +211,16 @@ async def users(request: web.Request) -> web.Response:
 @_validated
 async def update_user(request: web.Request) -> web.Response:
     """Ban or unban a user, or set their own rate limit (``null``: the service's)."""
-    try:
-        user_id = int(request.match_info["id"])
-    except ValueError:
-        return error_response(404, "not_found", "no such user")
+    user_id = _path_id(request)
     changes = _user_changes(await _json_object(request))
-    found = await request.app[QUERIES].update_user(
-        user_id,
-        banned=changes.get("banned"),
-        rate_limit=changes.get("rate_limit"),
-        set_rate_limit="rate_limit" in changes,
-    )
+    found = None
+    if user_id is not None:
+        found = await request.app[QUERIES].update_user(
+            user_id,
+            banned=changes.get("banned"),
+            rate_limit=changes.get("rate_limit"),
+            set_rate_limit="rate_limit" in changes,
+        )
     if found is None:
         return error_response(404, "not_found", "no such user")
     who = f"user {found.id} ({found.platform}:{found.platform_user_id})"
@@ -244,13 +234,21 @@ async def update_user(request: web.Request) -> web.Response:
     return json_response(_jsonable(found))
 
 
+def _path_id(request: web.Request) -> int | None:
+    """The ``{id}`` of the path; ``None`` when it is not a number (no such thing: 404)."""
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        return None
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
-        raise _Invalid("body", "the body is not a JSON object")
+        raise _Invalid("body", "the body is not a JSON object", "malformed_json")
     return body
 
 

@@ -10,6 +10,8 @@ hour.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -45,30 +47,33 @@ class RedisLockout:
     ) -> LoginFailures:
         """Count one failure; from the ``max_failures``-th within the window on, lock."""
         arguments = [int(window_seconds * 1000), max_failures, int(lock_seconds * 1000)]
-        try:
+        with _unavailable():
             count, lock_ms = await self._add(keys=_keys(username), args=arguments)
-        except (RedisError, OSError) as exc:
-            raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
         return LoginFailures(count=int(count), locked_until=_until(int(lock_ms)))
 
     async def login_failures(self, username: str) -> LoginFailures:
         """The failures in the current window, and an active lock."""
         failures, lock = _keys(username)
-        try:
+        with _unavailable():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(failures)
                 pipe.pttl(lock)
                 count, lock_ms = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
         return LoginFailures(count=int(count or 0), locked_until=_until(int(lock_ms)))
 
     async def clear_login_failures(self, username: str) -> None:
         """Forget the failures after a successful sign-in (a lock stays until it expires)."""
-        try:
+        with _unavailable():
             await self._redis.delete(_keys(username)[0])
-        except (RedisError, OSError) as exc:
-            raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Redis failures as :class:`bot.errors.DependencyUnavailable` (the API answers 503)."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
 
 
 def _keys(username: str) -> list[str]:
