@@ -177,24 +177,22 @@ class LimitsRateLimiter:
     async def _hit(self, key: str, windows: tuple[_Window, ...]) -> RateDecision:
         # The windows are asked at once, not one after another: on Redis each question is a
         # round trip, and a turn's latency should not grow with the number of windows.
-        stats = await asyncio.gather(
-            *(self._strategy.get_window_stats(window.messages, key) for window in windows)
+        stats = await _each(
+            [self._strategy.get_window_stats(window.messages, key) for window in windows]
         )
         exhausted = [
             (w, s.reset_time) for w, s in zip(windows, stats, strict=True) if s.remaining <= 0
         ]
         if not exhausted:
-            taken = await asyncio.gather(
-                *(self._strategy.hit(window.messages, key) for window in windows)
-            )
+            taken = await _each([self._strategy.hit(window.messages, key) for window in windows])
             if all(taken):
                 return RateDecision(allowed=True)
             # Another message of the same user took the last slot since the test above.
             # Windows that counted this one keep that count: rare, and it errs on the side
             # of the limit.
             lost = [w for w, ok in zip(windows, taken, strict=True) if not ok]
-            stats = await asyncio.gather(
-                *(self._strategy.get_window_stats(window.messages, key) for window in lost)
+            stats = await _each(
+                [self._strategy.get_window_stats(window.messages, key) for window in lost]
             )
             exhausted = [(w, s.reset_time) for w, s in zip(lost, stats, strict=True)]
         window, reset_at = max(exhausted, key=lambda pair: pair[1])
@@ -221,6 +219,8 @@ class LimitsRateLimiter:
         return result
 
     async def _guarded(self, operation: Awaitable[T]) -> T:
+        if self._redis is None:  # counted in memory: nothing to wait for or lose
+            return await operation
         try:
             async with asyncio.timeout(self._timeout):
                 return await operation
@@ -232,6 +232,13 @@ class LimitsRateLimiter:
         except (RedisError, OSError) as exc:
             logger.warning("redis_unavailable", error=str(exc))
             raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
+
+
+async def _each(questions: list[Awaitable[T]]) -> list[T]:
+    """The answers to ``questions``, asked at once; one (the usual case) needs no task."""
+    if len(questions) == 1:
+        return [await questions[0]]
+    return list(await asyncio.gather(*questions))
 
 
 @functools.lru_cache(maxsize=256)

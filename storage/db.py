@@ -11,10 +11,13 @@ async engine (:func:`create_migration_engine`).
 from __future__ import annotations
 
 import abc
+import asyncio
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
@@ -50,14 +53,28 @@ COMMAND_TIMEOUT = 30.0
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
 # Errors meaning "the database cannot be reached or cannot take work now", as opposed to
-# a bug in a statement. OSError covers refused connections, DNS failures and timeouts.
-_UNAVAILABLE = (OSError, OperationalError, InterfaceError, PoolTimeoutError)
+# a bug in a statement. OSError covers refused connections, DNS failures and timeouts;
+# sqlite3's own error is what the statements run on the driver (storage.sqlite_hot) raise.
+_UNAVAILABLE = (
+    OSError,
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    sqlite3.OperationalError,
+)
 # SQLSTATE classes of a server that cannot take work now: connection exceptions (08),
 # insufficient resources such as too many connections (53), operator intervention (57).
 _UNAVAILABLE_STATES = frozenset({"08", "53", "57"})
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+
+
+class UnitRefused(Exception):
+    """Raised by a unit of :meth:`Database.batched` before it has written anything.
+
+    Only that unit's caller gets it; the units sharing its transaction go on.
+    """
 
 
 def async_url(database_url: str) -> URL:
@@ -107,6 +124,31 @@ class Database(abc.ABC):
         Raises:
             DependencyUnavailable: the database cannot be reached or is locked.
         """
+
+    async def read(
+        self, work: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``work``, which only reads; as :meth:`run`, but SQLite opens no transaction.
+
+        Raises:
+            DependencyUnavailable: the database cannot be reached or is locked.
+        """
+        return await self.run(work, *args, **kwargs)
+
+    async def batched(
+        self, work: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``work`` all or nothing, perhaps in one transaction with other callers' units.
+
+        Each caller gets its own unit's result or exception, as with :meth:`transaction`;
+        a unit that raises :class:`UnitRefused` must do so before it writes. Here, one
+        transaction per unit; :class:`SqliteDatabase` commits the units that arrive
+        together at once.
+
+        Raises:
+            DependencyUnavailable: the database cannot be reached or is locked.
+        """
+        return await self.transaction(work, *args, **kwargs)
 
     @abc.abstractmethod
     async def dispose(self) -> None:
@@ -193,6 +235,22 @@ class PostgresDatabase(Database):
         await self._engine.dispose()
 
 
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """A unit of :meth:`SqliteDatabase.batched` and the future its caller awaits."""
+
+    work: Callable[[Connection], Any]
+    future: asyncio.Future[Any]
+
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        if self.future.done():  # the caller was cancelled; the work stands
+            return
+        if error is None:
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(error)
+
+
 def _drop_closed_connection(
     _dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
 ) -> None:
@@ -236,6 +294,7 @@ class SqliteDatabase(Database):
         self._engine = create_engine(url.set(drivername="sqlite+pysqlite"), poolclass=StaticPool)
         _configure_sqlite(self._engine, migrations=False)
         self._connection: Connection | None = None
+        self._batch: list[_Unit] = []
 
     async def run(
         self, work: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
@@ -243,6 +302,22 @@ class SqliteDatabase(Database):
         """Run ``work`` and commit; see :meth:`Database.run`."""
         with self._connected() as connection, connection.begin():
             return work(connection, *args, **kwargs)
+
+    async def read(
+        self, work: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``work`` outside a transaction; see :meth:`Database.read`.
+
+        A read on the driver costs a few microseconds, SQLAlchemy's begin and commit
+        around it several times that. A SQLAlchemy statement in ``work`` begins its own
+        transaction, which is closed after it.
+        """
+        with self._connected() as connection:
+            try:
+                return work(connection, *args, **kwargs)
+            finally:
+                if connection.in_transaction():
+                    connection.rollback()
 
     async def transaction(
         self, work: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
@@ -253,6 +328,63 @@ class SqliteDatabase(Database):
         statements before that read outside of it.
         """
         return await self.run(work, *args, **kwargs)
+
+    async def batched(
+        self, work: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``work`` in the transaction of every unit submitted in this loop iteration.
+
+        A group commit: under load, the requests handled in one turn of the event loop
+        each submit their unit, and the units run one after another in a single
+        transaction at the start of the next turn, so a commit (the one costly step of an
+        SQLite write) serves them all. Alone, a unit waits for no one: it runs in the next
+        turn. Every caller still gets its answer only after the commit.
+        """
+
+        def unit(connection: Connection) -> _T:
+            return work(connection, *args, **kwargs)
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._batch.append(_Unit(unit, future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._commit_batch)
+        return cast(_T, await future)
+
+    def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        outcomes: list[tuple[_Unit, Any, BaseException | None]] = []
+        try:
+            with self._connected() as connection, connection.begin():
+                for unit in batch:
+                    try:
+                        outcomes.append((unit, unit.work(connection), None))
+                    except UnitRefused as refused:
+                        outcomes.append((unit, None, refused))
+        except DependencyUnavailable as exc:
+            for unit in batch:
+                unit.settle(None, exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].settle(None, exc)
+                return
+            # One unit failed and rolled back every unit's work: alone, each gets its own
+            # outcome, and only the failing one fails.
+            for unit in batch:
+                self._commit_alone(unit)
+            return
+        for unit, result, error in outcomes:
+            unit.settle(result, error)
+
+    def _commit_alone(self, unit: _Unit) -> None:
+        try:
+            with self._connected() as connection, connection.begin():
+                result = unit.work(connection)
+        except Exception as exc:
+            unit.settle(None, exc)
+        else:
+            unit.settle(result, None)
 
     async def dispose(self) -> None:
         """Close the connection."""

@@ -9,7 +9,9 @@ On PostgreSQL every method is a single statement in autocommit mode, one round t
 storing a message (user, conversation, message and event id) and storing a reply (the
 reply, and the turn's new status) are each one statement of data-modifying CTEs, atomic
 on their own. SQLite has no such CTEs, but runs its statements in-process for a few
-microseconds each, so there those two are short transactions of several statements.
+microseconds each, so there those two are short transactions of several statements; the
+webhook path's two (admission and storing a message) run on the driver itself
+(:mod:`storage.sqlite_hot`), and messages arriving together share one commit.
 Connection failures become :class:`bot.errors.DependencyUnavailable`, so the web layer
 answers 503 and the platform retries later.
 """
@@ -53,6 +55,7 @@ from bot.messages import (
     Usage,
 )
 from bot.ports import Admission, NewReply
+from storage import sqlite_hot
 from storage.db import Database
 from storage.models import (
     RECEIVED_PREDICATE,
@@ -64,6 +67,7 @@ from storage.models import (
     UtcDateTime,
     utcnow,
 )
+from storage.sqlite_hot import EventTaken, Ids
 
 logger = structlog.get_logger(__name__)
 
@@ -321,11 +325,7 @@ def _event_claim(statement: _Insert, returning: Any) -> ReturningInsert[Any]:
     ).returning(returning)
 
 
-# SQLite: one statement after another, in one transaction, each given exactly its row.
-_SQLITE_USER = _user_upsert(sqlite.insert(_users))
-_SQLITE_CONVERSATION = _conversation_upsert(sqlite.insert(_conversations))
-_SQLITE_MESSAGE: ReturningInsert[Any] = insert(_messages).returning(_messages.c.id)
-_SQLITE_EVENT = _event_claim(sqlite.insert(_events), _events.c.id)
+# SQLite stores a message with storage.sqlite_hot; a reply with these, in one transaction.
 _SQLITE_REPLY = (
     sqlite.insert(_messages)
     .on_conflict_do_nothing(index_elements=[_messages.c.reply_to_id])
@@ -431,61 +431,12 @@ def _postgres_save_reply() -> Select[Any]:
 _POSTGRES_SAVE_REPLY = _postgres_save_reply()
 
 
-class _EventTaken(Exception):
-    """Internal: a recent delivery holds the event id; roll the transaction back."""
-
-    def __init__(self, event_id: str) -> None:
-        super().__init__(event_id)
-        self.event_id = event_id
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Ids:
-    message_id: int
-    conversation_id: int
-    user_id: int
-
-
 # Units of work: synchronous functions of a connection, run by storage.db.Database.
-
-
-def _store_inbound_sqlite(
-    connection: Connection, fields: dict[str, Any], now: datetime, cutoff: datetime
-) -> _Ids:
-    user = {
-        "platform": fields["platform"],
-        "platform_user_id": fields["platform_user_id"],
-        "name": fields["name"],
-        "created_at": now,
-        "last_seen_at": now,
-    }
-    user_id = connection.execute(_SQLITE_USER, user).scalar_one()
-    conversation = {
-        "platform": fields["platform"],
-        "external_key": fields["external_key"],
-        "created_at": now,
-        "updated_at": now,
-    }
-    conversation_id = connection.execute(_SQLITE_CONVERSATION, conversation).scalar_one()
-    message = {name: fields[name] for name in _MESSAGE_COLUMNS}
-    message.update(conversation_id=conversation_id, user_id=user_id, created_at=now, updated_at=now)
-    message_id = connection.execute(_SQLITE_MESSAGE, message).scalar_one()
-    if fields["event_id"] is not None:
-        event = {
-            "platform": fields["platform"],
-            "event_id": fields["event_id"],
-            "message_id": message_id,
-            "created_at": now,
-            "cutoff": cutoff,
-        }
-        if connection.execute(_SQLITE_EVENT, event).first() is None:
-            raise _EventTaken(fields["event_id"])
-    return _Ids(message_id, conversation_id, user_id)
 
 
 def _store_inbound_postgres(
     connection: Connection, fields: dict[str, Any], now: datetime, cutoff: datetime
-) -> _Ids:
+) -> Ids:
     if fields["event_id"] is None:
         statement = _POSTGRES_STORE_INBOUND
     else:
@@ -493,8 +444,8 @@ def _store_inbound_postgres(
     parameters = {**_prefixed(fields), "now": now, "cutoff": cutoff}
     row = connection.execute(statement, parameters).one_or_none()
     if row is None:  # only with an event id: a recent delivery holds it
-        raise _EventTaken(fields["event_id"])
-    return _Ids(row.id, row.conversation_id, row.user_id)
+        raise EventTaken(fields["event_id"])
+    return Ids(row.id, row.conversation_id, row.user_id)
 
 
 def _save_reply_sqlite(
@@ -587,7 +538,10 @@ class SqlConversationStore:
             "platform_user_id": platform_user_id,
             "event_id": event_id,
         }
-        row = await self._db.run(_admission, parameters)
+        if self._postgres:
+            row = await self._db.run(_admission, parameters)
+        else:
+            row = await self._db.read(sqlite_hot.admission, parameters)
         first = None
         if row.message_id is not None and row.created_at > utcnow() - timedelta(
             seconds=within_seconds
@@ -633,9 +587,11 @@ class SqlConversationStore:
                 if self._postgres:
                     ids = await self._db.run(_store_inbound_postgres, fields, now, cutoff)
                 else:
-                    ids = await self._db.transaction(_store_inbound_sqlite, fields, now, cutoff)
+                    ids = await self._db.batched(sqlite_hot.store_inbound, fields, now, cutoff)
                 break
-            except _EventTaken as taken:
+            except EventTaken as taken:
+                if taken.message_id is not None:
+                    raise DuplicateEvent(taken.message_id) from None
                 first = await self._db.run(_event, message.platform, taken.event_id)
                 if first is not None:
                     raise DuplicateEvent(int(first.message_id)) from None

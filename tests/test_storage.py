@@ -8,7 +8,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -29,10 +29,11 @@ from bot.messages import (
 )
 from bot.ports import ConversationStore, NewReply
 from storage.admin_queries import SqlAdminQueries
-from storage.db import SQLITE_BUSY_TIMEOUT_MS, Database, open_database
+from storage.db import SQLITE_BUSY_TIMEOUT_MS, Database, UnitRefused, open_database
 from storage.migrate import upgrade_head
 from storage.models import Base, Conversation, InboundEvent, Message, User, utcnow
 from storage.repository import SqlConversationStore
+from storage.sqlite_hot import sqlite_json, sqlite_time
 
 HOUR = 3600.0
 
@@ -610,6 +611,70 @@ async def test_transaction_writes_nothing_when_its_work_fails(database: Database
         await database.transaction(half_a_turn)
 
     assert await count(database, User) == 0
+
+
+async def test_units_committed_together_fail_alone(database: Database) -> None:
+    def add_user(connection: Connection, name: str, *, fail: bool = False) -> str:
+        connection.execute(
+            insert(User).values(platform="cli", platform_user_id=name, created_at=utcnow())
+        )
+        if fail:
+            raise _Boom
+        return name
+
+    def refuse(connection: Connection) -> None:
+        raise UnitRefused
+
+    results = await asyncio.gather(
+        database.batched(add_user, "first"),
+        database.batched(add_user, "broken", fail=True),
+        database.batched(refuse),
+        database.batched(add_user, "last"),
+        return_exceptions=True,
+    )
+
+    assert results[0] == "first" and results[3] == "last"
+    assert isinstance(results[1], _Boom)
+    assert isinstance(results[2], UnitRefused)
+    names = await database.run(
+        lambda connection: set(connection.scalars(select(User.platform_user_id)))
+    )
+    assert names == {"first", "last"}
+
+
+async def test_sqlite_hot_path_writes_values_as_sqlalchemy_does(sqlite_url: str) -> None:
+    database = open_database(sqlite_url, pool_size=1)
+    when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)  # no microseconds: the tricky case
+    route = {"chat_id": 1, "thread_id": None, "private": True}
+
+    def write_through_sqlalchemy(connection: Connection) -> tuple[str, str]:
+        times = {"created_at": when, "updated_at": when}
+        user = connection.execute(
+            insert(User).values(platform="cli", platform_user_id="u", created_at=when)
+        ).inserted_primary_key
+        conversation = connection.execute(
+            insert(Conversation).values(platform="cli", external_key="k", **times)
+        ).inserted_primary_key
+        connection.execute(
+            insert(Message).values(
+                conversation_id=conversation[0],
+                user_id=user[0],
+                role="user",
+                text="hi",
+                status="received",
+                route=route,
+                **times,
+            )
+        )
+        row = connection.exec_driver_sql("SELECT created_at, route FROM messages").one()
+        return row[0], row[1]
+
+    try:
+        stored_time, stored_route = await database.transaction(write_through_sqlalchemy)
+    finally:
+        await database.dispose()
+    assert stored_time == sqlite_time(when)
+    assert stored_route == sqlite_json(route)
 
 
 async def test_failed_statement_leaves_the_database_usable(
