@@ -3,6 +3,14 @@
 Jobs live in memory only; durability comes from the store: every job stands for a message
 stored as ``received``, and :meth:`bot.engine.Engine.recover` enqueues those again when the
 process starts. The Redis-backed queue for several processes implements the same port.
+
+A backlog (a burst, a slow model, a platform's rate limit) can hold tens of thousands of
+jobs, and the garbage collector walks every container object they keep alive in each of
+its full passes, which then pause the event loop for a tenth of a second and more. So a
+waiting job costs one such object where it can: a conversation with one job waiting keeps
+the job itself rather than a deque of one, and beyond the first :data:`CACHED_MESSAGES`
+jobs waiting, a job drops its copy of the message (the worker reads it back, one indexed
+read, when its turn comes).
 """
 
 from __future__ import annotations
@@ -12,6 +20,12 @@ import dataclasses
 from collections import deque
 
 from bot.ports import Job
+
+# Jobs waiting beyond this many keep no copy of their message.
+CACHED_MESSAGES = 1000
+
+# A conversation's waiting jobs: the one job, or several in order.
+_Lane = Job | deque[Job]
 
 
 class MemoryQueue:
@@ -25,7 +39,7 @@ class MemoryQueue:
     def __init__(self) -> None:
         self._queued: set[int] = set()  # message ids with a job waiting or in flight
         self.dead: deque[tuple[Job, str]] = deque(maxlen=1000)
-        self._lanes: dict[int, deque[Job]] = {}
+        self._lanes: dict[int, _Lane] = {}
         self._busy: set[int] = set()
         self._ready: asyncio.Queue[int] = asyncio.Queue()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -34,19 +48,32 @@ class MemoryQueue:
         """Append the job to its conversation's lane, unless its message is queued already."""
         if job.message_id in self._queued:
             return False
+        if job.message is not None and len(self._queued) >= CACHED_MESSAGES:
+            job = dataclasses.replace(job, message=None)
         self._queued.add(job.message_id)
-        lane = self._lanes.setdefault(job.conversation_id, deque())
-        was_idle = not lane and job.conversation_id not in self._busy
-        lane.append(job)
-        if was_idle:
-            self._ready.put_nowait(job.conversation_id)
+        lane = self._lanes.get(job.conversation_id)
+        if lane is None:
+            self._lanes[job.conversation_id] = job
+            if job.conversation_id not in self._busy:
+                self._ready.put_nowait(job.conversation_id)
+        elif isinstance(lane, deque):
+            lane.append(job)
+        else:
+            self._lanes[job.conversation_id] = deque((lane, job))
         return True
 
     async def get(self) -> Job:
         """Wait for the oldest job of a conversation that has nothing in flight."""
         conversation_id = await self._ready.get()
         self._busy.add(conversation_id)
-        return self._lanes[conversation_id].popleft()
+        lane = self._lanes[conversation_id]
+        if not isinstance(lane, deque):
+            del self._lanes[conversation_id]
+            return lane
+        job = lane.popleft()
+        if len(lane) == 1:
+            self._lanes[conversation_id] = lane[0]
+        return job
 
     async def ack(self, job: Job) -> None:
         """Release the job's conversation for its next job."""
@@ -61,7 +88,13 @@ class MemoryQueue:
     async def retry(self, job: Job, delay: float) -> None:
         """Put the job back at the head of its lane, runnable again after ``delay`` seconds."""
         again = dataclasses.replace(job, attempt=job.attempt + 1)
-        self._lanes.setdefault(job.conversation_id, deque()).appendleft(again)
+        lane = self._lanes.get(job.conversation_id)
+        if lane is None:
+            self._lanes[job.conversation_id] = again
+        elif isinstance(lane, deque):
+            lane.appendleft(again)
+        else:
+            self._lanes[job.conversation_id] = deque((again, lane))
         loop = asyncio.get_running_loop()
         handle: asyncio.TimerHandle
 
@@ -74,7 +107,8 @@ class MemoryQueue:
 
     async def depth(self) -> int:
         """Jobs waiting plus conversations with a job in flight."""
-        return sum(len(lane) for lane in self._lanes.values()) + len(self._busy)
+        waiting = sum(len(lane) if isinstance(lane, deque) else 1 for lane in self._lanes.values())
+        return waiting + len(self._busy)
 
     async def aclose(self) -> None:
         """Cancel pending retry timers; the store still knows every unfinished message."""
@@ -84,7 +118,5 @@ class MemoryQueue:
 
     def _release(self, conversation_id: int) -> None:
         self._busy.discard(conversation_id)
-        if self._lanes.get(conversation_id):
+        if conversation_id in self._lanes:
             self._ready.put_nowait(conversation_id)
-        else:
-            self._lanes.pop(conversation_id, None)

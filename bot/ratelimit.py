@@ -175,6 +175,12 @@ class LimitsRateLimiter:
         return self._windows if windows is None else _parsed(windows)
 
     async def _hit(self, key: str, windows: tuple[_Window, ...]) -> RateDecision:
+        if len(windows) == 1:
+            # One window: its hit is its own test (it counts only under the limit).
+            if await self._strategy.hit(windows[0].messages, key):
+                return RateDecision(allowed=True)
+            only = await self._strategy.get_window_stats(windows[0].messages, key)
+            return await self._refused(key, [(windows[0], only.reset_time)])
         # The windows are asked at once, not one after another: on Redis each question is a
         # round trip, and a turn's latency should not grow with the number of windows.
         stats = await _each(
@@ -195,6 +201,9 @@ class LimitsRateLimiter:
                 [self._strategy.get_window_stats(window.messages, key) for window in lost]
             )
             exhausted = [(w, s.reset_time) for w, s in zip(lost, stats, strict=True)]
+        return await self._refused(key, exhausted)
+
+    async def _refused(self, key: str, exhausted: list[tuple[_Window, float]]) -> RateDecision:
         window, reset_at = max(exhausted, key=lambda pair: pair[1])
         retry_after = min(max(reset_at - time.time(), _MIN_RETRY_AFTER), _seconds(window))
         notify = await self._strategy.hit(window.notices, key)

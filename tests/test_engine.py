@@ -116,6 +116,47 @@ async def test_retried_job_comes_back_first_after_its_delay() -> None:
     await queue.aclose()
 
 
+async def test_queue_keeps_order_and_depth_across_single_and_multi_job_lanes() -> None:
+    queue = MemoryQueue()
+    for n in (1, 2, 3):
+        await queue.put(Job(message_id=n, conversation_id=5))
+    assert not await queue.put(Job(message_id=2, conversation_id=5))  # queued already
+    assert await queue.depth() == 3
+    handed = []
+    for _ in range(3):
+        job = await queue.get()
+        handed.append(job.message_id)
+        if job.message_id == 2:
+            await queue.retry(job, 0.0)  # back to the head of the lane
+            job = await queue.get()
+            assert (job.message_id, job.attempt) == (2, 2)
+        await queue.ack(job)
+    assert handed == [1, 2, 3]
+    assert await queue.depth() == 0
+    await queue.aclose()
+
+
+async def test_a_backlog_beyond_the_cached_messages_is_answered_in_order(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.queue.CACHED_MESSAGES", 1)
+    await rig.worker.stop(1.0)  # let a backlog build
+    for n in range(4):
+        await rig.engine.accept(inbound(f"question {n}", conversation=f"c{n % 2}"))
+    assert await rig.queue.depth() == 4
+    worker = Worker(rig.engine, rig.queue, concurrency=4, max_attempts=3)
+    worker.start()
+    try:
+        replies = await rig.sender.wait_for(4)
+    finally:
+        await worker.stop(1.0)
+
+    assert sorted(reply.text for reply in replies) == [f"echo: question {n}" for n in range(4)]
+    for conversation in ("c0", "c1"):
+        texts = [r.text for r in replies if r.inbound.conversation_key == conversation]
+        assert texts == sorted(texts)
+
+
 async def test_undelivered_reply_is_redelivered_without_asking_the_model_again(rig: Rig) -> None:
     rig.sender.fail_times = 2
     accepted = await rig.engine.accept(inbound("deliver me"))
