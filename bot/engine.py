@@ -3,10 +3,16 @@
 ``accept`` runs on the webhook path and must stay fast: dedup → rate limit → store →
 enqueue. ``process`` runs in a worker: history → prompt → model → store the reply →
 deliver. The engine knows only the ports of :mod:`bot.ports`.
+
+Acknowledging comes first. A platform that waits too long for its 2xx sends the webhook
+again (Slack after 3 s) or backs off, while a stored message waits safely for its answer;
+so while a flood of messages is being accepted (:data:`BUSY_ACCEPTS` or more at once), the
+workers' spare slots wait (:meth:`Engine.calm`) and the event loop goes to the webhooks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +48,10 @@ logger = structlog.get_logger(__name__)
 
 DEDUP_SECONDS = 24 * 3600
 HISTORY_FETCH_LIMIT = 200
+# Messages being accepted at once from which the webhooks go first, and down to which
+# they must drain before the workers take jobs freely again.
+BUSY_ACCEPTS = 16
+CALM_ACCEPTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +113,17 @@ class Engine:
         self._senders: dict[str, Sender] = dict(senders or {})
         self._system = ChatTurn(Role.SYSTEM, config.system_prompt)
         self._system_tokens = count_tokens(config.system_prompt)
+        self._accepting = 0
+        self._calm = asyncio.Event()
+        self._calm.set()
 
     def register_sender(self, platform: str, sender: Sender) -> None:
         """Route replies to messages of ``platform`` through ``sender``."""
         self._senders[platform] = sender
+
+    async def calm(self) -> None:
+        """Wait while a flood of messages is being accepted (see the module docstring)."""
+        await self._calm.wait()
 
     async def accept(self, message: InboundMessage) -> Acceptance:
         """Store the message and queue its reply, unless it is a repeat or over the limit.
@@ -114,6 +131,17 @@ class Engine:
         Raises:
             bot.errors.DependencyUnavailable: the database or Redis cannot take it now.
         """
+        self._accepting += 1
+        if self._accepting == BUSY_ACCEPTS:
+            self._calm.clear()
+        try:
+            return await self._accept(message)
+        finally:
+            self._accepting -= 1
+            if self._accepting == CALM_ACCEPTS:
+                self._calm.set()
+
+    async def _accept(self, message: InboundMessage) -> Acceptance:
         admission = await self._store.admission(
             message.platform, message.user_id, message.event_id, self._config.dedup_seconds
         )

@@ -13,6 +13,9 @@ from bot.ports import Job, Queue
 
 logger = structlog.get_logger(__name__)
 
+# The share of the slots that take jobs even while the webhooks go first.
+STEADY_SHARE = 0.1
+
 
 class Worker:
     """Runs up to ``concurrency`` jobs at once (one per conversation, as the queue hands out).
@@ -20,6 +23,10 @@ class Worker:
     A job that raises is handed back with exponential backoff; after ``max_attempts`` the
     engine closes it as failed so the user hears back and nothing waits forever. An
     unavailable database or Redis is waited out instead: the job is not at fault.
+
+    While the engine is busy accepting a flood of messages, only a tenth of the slots
+    (:data:`STEADY_SHARE`, at least one) take new jobs, so replies go on, more slowly,
+    while the webhooks are acknowledged first.
     """
 
     def __init__(
@@ -44,8 +51,9 @@ class Worker:
 
     def start(self) -> None:
         """Start the worker tasks on the running loop."""
+        steady = max(1, int(self._concurrency * STEADY_SHARE))
         self._tasks = [
-            asyncio.create_task(self._loop(), name=f"zapa-worker-{n}")
+            asyncio.create_task(self._loop(steady=n < steady), name=f"zapa-worker-{n}")
             for n in range(self._concurrency)
         ]
 
@@ -67,10 +75,12 @@ class Worker:
                 logger.warning("worker_stopped_with_jobs_in_flight", count=len(pending))
         self._tasks = []
 
-    async def _loop(self) -> None:
+    async def _loop(self, *, steady: bool) -> None:
         task = asyncio.current_task()
         assert task is not None
         while not self._stopping:
+            if not steady:
+                await self._engine.calm()
             job = await self._queue.get()
             self._busy.add(task)
             try:

@@ -13,7 +13,7 @@ from bot.engine import Engine, EngineConfig, Outcome
 from bot.errors import DependencyUnavailable
 from bot.llm import OpenAIResponder
 from bot.messages import InboundMessage, MessageStatus
-from bot.ports import Job
+from bot.ports import Job, RateDecision, RateLimiter, WindowUsage
 from bot.queue import MemoryQueue
 from bot.ratelimit import LimitsRateLimiter
 from bot.worker import Worker
@@ -42,7 +42,11 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 @asynccontextmanager
 async def running_rig(
-    sqlite_url: str, fake: FakeOpenAI, *, history_max_tokens: int = 4000
+    sqlite_url: str,
+    fake: FakeOpenAI,
+    *,
+    history_max_tokens: int = 4000,
+    limiter: RateLimiter | None = None,
 ) -> AsyncIterator[Rig]:
     db = open_database(sqlite_url, 5)
     store = SqlConversationStore(db)
@@ -56,7 +60,7 @@ async def running_rig(
     queue = MemoryQueue()
     engine = Engine(
         store=store,
-        limiter=LimitsRateLimiter.in_memory([(100, "minute")]),
+        limiter=limiter or LimitsRateLimiter.in_memory([(100, "minute")]),
         responder=responder,
         queue=queue,
         config=EngineConfig(system_prompt="sys", history_max_tokens=history_max_tokens),
@@ -80,10 +84,16 @@ async def rig(sqlite_url: str, fake: FakeOpenAI) -> AsyncIterator[Rig]:
         yield started
 
 
-def inbound(text: str, conversation: str = "c1", **extra: object) -> InboundMessage:
+def inbound(
+    text: str, conversation: str = "c1", *, user_id: str = "u1", **extra: object
+) -> InboundMessage:
     return InboundMessage(
-        platform="test", conversation_key=conversation, user_id="u1", text=text, **extra
-    )  # type: ignore[arg-type]
+        platform="test",
+        conversation_key=conversation,
+        user_id=user_id,
+        text=text,
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 async def test_queue_hands_out_one_job_per_conversation_in_order() -> None:
@@ -155,6 +165,53 @@ async def test_a_backlog_beyond_the_cached_messages_is_answered_in_order(
     for conversation in ("c0", "c1"):
         texts = [r.text for r in replies if r.inbound.conversation_key == conversation]
         assert texts == sorted(texts)
+
+
+class HeldLimiter:
+    """The in-memory limiter, except that the user ``held`` waits for ``release``."""
+
+    def __init__(self) -> None:
+        self._inner = LimitsRateLimiter.in_memory([(100, "minute")])
+        self.release = asyncio.Event()
+
+    async def hit(self, key: str, windows: str | None = None) -> RateDecision:
+        if key.endswith(":held"):
+            await self.release.wait()
+        return await self._inner.hit(key, windows)
+
+    async def usage(self, key: str, windows: str | None = None) -> list[WindowUsage]:
+        return await self._inner.usage(key, windows)
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+
+async def test_while_a_flood_is_accepted_only_the_steady_slots_take_jobs(
+    sqlite_url: str, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.engine.BUSY_ACCEPTS", 1)
+    monkeypatch.setattr("bot.engine.CALM_ACCEPTS", 0)
+    limiter = HeldLimiter()
+    fake.stall(0.5, times=None)
+    async with running_rig(sqlite_url, fake, limiter=limiter) as rig:
+        await rig.worker.stop(1.0)
+        flood = asyncio.create_task(rig.engine.accept(inbound("held", "c-held", user_id="held")))
+        await asyncio.sleep(0.01)  # the flood is being accepted from now on
+        for n in range(3):
+            await rig.engine.accept(inbound(f"question {n}", f"c{n}", user_id=f"u{n}"))
+        worker = Worker(rig.engine, rig.queue, concurrency=10)  # one steady slot
+        worker.start()
+        try:
+            await fake.wait_for_requests(1)
+            await asyncio.sleep(0.2)
+            assert len(fake.requests) == 1  # the other slots wait for the webhooks
+
+            limiter.release.set()
+            await flood
+            await fake.wait_for_requests(4)
+            assert len(await rig.sender.wait_for(4)) == 4
+        finally:
+            await worker.stop(1.0)
 
 
 async def test_undelivered_reply_is_redelivered_without_asking_the_model_again(rig: Rig) -> None:
