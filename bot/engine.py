@@ -6,8 +6,9 @@ deliver. The engine knows only the ports of :mod:`bot.ports`.
 
 Acknowledging comes first. A platform that waits too long for its 2xx sends the webhook
 again (Slack after 3 s) or backs off, while a stored message waits safely for its answer;
-so while a flood of messages is being accepted (:data:`BUSY_ACCEPTS` or more at once), the
-workers' spare slots wait (:meth:`Engine.calm`) and the event loop goes to the webhooks.
+so while a flood of messages is being accepted (:data:`BUSY_ACCEPTS` or more at once, until
+they have stayed at :data:`CALM_ACCEPTS` or fewer for :data:`CALM_SECONDS`), the workers'
+spare slots wait (:meth:`Engine.calm`) and the event loop goes to the webhooks.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ logger = structlog.get_logger(__name__)
 DEDUP_SECONDS = 24 * 3600
 HISTORY_FETCH_LIMIT = 200
 # Messages being accepted at once from which the webhooks go first, and down to which
-# they must drain before the workers take jobs freely again.
+# they must drain, and stay for CALM_SECONDS, before the workers take jobs freely again.
 BUSY_ACCEPTS = 16
 CALM_ACCEPTS = 4
+CALM_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class Engine:
         self._accepting = 0
         self._calm = asyncio.Event()
         self._calm.set()
+        self._calming: asyncio.TimerHandle | None = None
 
     def register_sender(self, platform: str, sender: Sender) -> None:
         """Route replies to messages of ``platform`` through ``sender``."""
@@ -132,14 +135,25 @@ class Engine:
             bot.errors.DependencyUnavailable: the database or Redis cannot take it now.
         """
         self._accepting += 1
-        if self._accepting == BUSY_ACCEPTS:
+        if self._accepting >= BUSY_ACCEPTS:
             self._calm.clear()
+            if self._calming is not None:
+                self._calming.cancel()
+                self._calming = None
         try:
             return await self._accept(message)
         finally:
             self._accepting -= 1
-            if self._accepting == CALM_ACCEPTS:
-                self._calm.set()
+            calming = self._calming is not None or self._calm.is_set()
+            if self._accepting <= CALM_ACCEPTS and not calming:
+                loop = asyncio.get_running_loop()
+                self._calming = loop.call_later(CALM_SECONDS, self._settle)
+
+    def _settle(self) -> None:
+        """The accepts stayed few since the timer was set: the workers may go on."""
+        self._calming = None
+        if self._accepting <= CALM_ACCEPTS:
+            self._calm.set()
 
     async def _accept(self, message: InboundMessage) -> Acceptance:
         admission = await self._store.admission(

@@ -144,6 +144,10 @@ async def test_bad_signature_or_stale_timestamp_is_refused_and_nothing_happens(
     assert (await response.json())["error"] == "unauthorized"
     unsigned = await client.post("/webhooks/slack", data=orjson.dumps(mention("no signature")))
     assert unsigned.status == 401
+    garbled = await post_event(
+        client, mention("odd timestamp"), **{"X-Slack-Request-Timestamp": "soon"}
+    )
+    assert garbled.status == 401
     await asyncio.sleep(0.3)
     assert fake.requests == []
     assert slack.posted() == []
