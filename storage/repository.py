@@ -6,12 +6,15 @@ SQLAlchemy then reuses its compiled form and the store spends its time in the da
 rather than in building SQL.
 
 On PostgreSQL every method is a single statement in autocommit mode, one round trip:
-storing a message (user, conversation, message and event id) and storing a reply (the
-reply, and the turn's new status) are each one statement of data-modifying CTEs, atomic
-on their own. SQLite has no such CTEs, but runs its statements in-process for a few
-microseconds each, so there those two are short transactions of several statements; the
-webhook path's two (admission and storing a message) run on the driver itself
-(:mod:`storage.sqlite_hot`), and messages arriving together share one commit.
+storing messages (users, conversations, messages and event ids: those that arrive
+together, :mod:`storage.pg_batch`) and storing a reply (the reply, and the turn's new
+status) are each one statement of data-modifying CTEs, atomic on their own.
+
+SQLite has no such CTEs, but runs its statements in-process for a few microseconds each,
+so there those two are short transactions of several statements; the webhook path's two
+(admission and storing a message) run on the driver itself (:mod:`storage.sqlite_hot`),
+and messages arriving together share one commit.
+
 Connection failures become :class:`bot.errors.DependencyUnavailable`, so the web layer
 answers 503 and the platform retries later.
 """
@@ -19,29 +22,23 @@ answers 503 and the platform retries later.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 import structlog
 from sqlalchemy import (
     Integer,
     Table,
-    and_,
     bindparam,
     exists,
-    func,
-    insert,
-    literal_column,
     select,
     text,
-    true,
     union,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Executable, Select
-from sqlalchemy.sql.dml import ReturningInsert
 
 from bot.errors import DependencyUnavailable, DuplicateEvent
 from bot.messages import (
@@ -67,7 +64,8 @@ from storage.models import (
     UtcDateTime,
     utcnow,
 )
-from storage.sqlite_hot import EventTaken, Ids
+from storage.pg_batch import PostgresBatches
+from storage.sqlite_hot import EventTaken
 
 logger = structlog.get_logger(__name__)
 
@@ -138,30 +136,6 @@ _EVENT = select(_events.c.message_id, _events.c.created_at).where(
     _events.c.platform == bindparam("platform"), _events.c.event_id == bindparam("event_id")
 )
 
-# Ahead of storing a message, one round trip: an earlier delivery with its event id, and
-# what an admin set for its user. A row comes back even when neither exists.
-_ANCHOR = select(literal_column("1").label("one")).subquery("anchor")
-_ADMISSION = select(
-    _events.c.message_id,
-    _events.c.created_at,
-    _users.c.banned,
-    _users.c.rate_limit,
-).select_from(
-    _ANCHOR.outerjoin(
-        _users,
-        and_(
-            _users.c.platform == bindparam("platform"),
-            _users.c.platform_user_id == bindparam("platform_user_id"),
-        ),
-    ).outerjoin(
-        _events,
-        and_(
-            _events.c.platform == bindparam("platform"),
-            _events.c.event_id == bindparam("event_id"),
-        ),
-    )
-)
-
 _GET_MESSAGE = (
     select(*_INBOUND_COLUMNS)
     .select_from(_INBOUND_FROM)
@@ -223,18 +197,9 @@ _UNFINISHED = (
 
 _PING = select(1)
 
-# Writes. A new message comes as its fields (platform, platform_user_id, name,
-# external_key, event_id, and the message's own columns below), the time, and the
-# cutoff: an event id stored before then is taken over. A reply comes as its row.
-_MESSAGE_COLUMNS = (
-    "role",
-    "text",
-    "status",
-    "command",
-    "platform_message_id",
-    "route",
-    "request_id",
-)
+# Writes. A new message is stored by storage.sqlite_hot or storage.pg_batch from its
+# fields, the time, and the cutoff: an event id stored before then is taken over. A reply
+# comes as its row.
 _REPLY_ROW_COLUMNS = (
     "conversation_id",
     "role",
@@ -287,128 +252,12 @@ _RESET_CONTEXT = (
     .values(context_since=bindparam("message_id"), updated_at=_now())
 )
 
-_Insert = postgresql.Insert | sqlite.Insert
-
-
-def _user_upsert(statement: _Insert) -> ReturningInsert[Any]:
-    # A message without a user name keeps the name stored before.
-    return statement.on_conflict_do_update(
-        index_elements=[_users.c.platform, _users.c.platform_user_id],
-        set_={
-            "last_seen_at": statement.excluded.last_seen_at,
-            "name": func.coalesce(statement.excluded.name, _users.c.name),
-            # Writing again means the user can be reached again.
-            "unreachable_at": None,
-        },
-    ).returning(_users.c.id)
-
-
-def _conversation_upsert(statement: _Insert) -> ReturningInsert[Any]:
-    # DO UPDATE rather than DO NOTHING + SELECT: one atomic statement returns the id even
-    # when a concurrent request created the row a moment ago.
-    return statement.on_conflict_do_update(
-        index_elements=[_conversations.c.platform, _conversations.c.external_key],
-        set_={"updated_at": statement.excluded.updated_at},
-    ).returning(_conversations.c.id)
-
-
-def _event_claim(statement: _Insert, returning: Any) -> ReturningInsert[Any]:
-    # Takes over an expired event id; a recent one (also one that a concurrent delivery
-    # just committed) is left alone and no row comes back.
-    return statement.on_conflict_do_update(
-        index_elements=[_events.c.platform, _events.c.event_id],
-        set_={
-            "message_id": statement.excluded.message_id,
-            "created_at": statement.excluded.created_at,
-        },
-        where=_events.c.created_at <= _now("cutoff"),
-    ).returning(returning)
-
-
 # SQLite stores a message with storage.sqlite_hot; a reply with these, in one transaction.
 _SQLITE_REPLY = (
     sqlite.insert(_messages)
     .on_conflict_do_nothing(index_elements=[_messages.c.reply_to_id])
     .returning(_messages.c.id)
 )
-
-
-def _postgres_store_inbound(*, with_event: bool) -> ReturningInsert[Any]:
-    """PostgreSQL's one statement that stores a message: user, conversation, message, event.
-
-    The CTEs run in a chain (claimed event → user → conversation → message), each fed by
-    the one before, so rows are locked in the same order by every caller, and when the
-    event id is taken, the chain is empty: nothing is written and no row comes back. The
-    claim comes first and reserves the message's id from its sequence; the foreign key to
-    the message is checked at the end of the statement, when the message exists.
-    """
-    now = _now()
-    head: Any = None
-    if with_event:
-        claim = postgresql.insert(_events).from_select(
-            ["platform", "event_id", "message_id", "created_at"],
-            select(
-                _new("platform", _events),
-                _new("event_id", _events),
-                literal_column(
-                    f"nextval(pg_get_serial_sequence('{_messages.name}', 'id'))",
-                    _messages.c.id.type,
-                ),
-                now,
-            ),
-            include_defaults=False,
-        )
-        head = _event_claim(claim, _events.c.message_id).cte("claimed")
-
-    user_values = select(
-        _new("platform", _users),
-        _new("platform_user_id", _users),
-        _new("name", _users),
-        now,
-        now,
-    )
-    user = _user_upsert(
-        postgresql.insert(_users).from_select(
-            ["platform", "platform_user_id", "name", "created_at", "last_seen_at"],
-            user_values if head is None else user_values.select_from(head),
-            include_defaults=False,
-        )
-    ).cte("user_row")
-    conversation = _conversation_upsert(
-        postgresql.insert(_conversations).from_select(
-            ["platform", "external_key", "created_at", "updated_at"],
-            select(
-                _new("platform", _conversations),
-                _new("external_key", _conversations),
-                now,
-                now,
-            ).select_from(user),
-            include_defaults=False,
-        )
-    ).cte("conversation_row")
-
-    columns = ["conversation_id", "user_id", *_MESSAGE_COLUMNS, "created_at", "updated_at"]
-    values = [
-        conversation.c.id,
-        user.c.id,
-        *(_new(name, _messages) for name in _MESSAGE_COLUMNS),
-        now,
-        now,
-    ]
-    source = user.join(conversation, true())
-    if head is not None:
-        columns.insert(0, "id")
-        values.insert(0, head.c.message_id)
-        source = head.join(user, true()).join(conversation, true())
-    return (
-        insert(_messages)
-        .from_select(columns, select(*values).select_from(source), include_defaults=False)
-        .returning(_messages.c.id, _messages.c.conversation_id, _messages.c.user_id)
-    )
-
-
-_POSTGRES_STORE_INBOUND = _postgres_store_inbound(with_event=False)
-_POSTGRES_STORE_INBOUND_WITH_EVENT = _postgres_store_inbound(with_event=True)
 
 
 def _postgres_save_reply() -> Select[Any]:
@@ -434,20 +283,6 @@ _POSTGRES_SAVE_REPLY = _postgres_save_reply()
 # Units of work: synchronous functions of a connection, run by storage.db.Database.
 
 
-def _store_inbound_postgres(
-    connection: Connection, fields: dict[str, Any], now: datetime, cutoff: datetime
-) -> Ids:
-    if fields["event_id"] is None:
-        statement = _POSTGRES_STORE_INBOUND
-    else:
-        statement = _POSTGRES_STORE_INBOUND_WITH_EVENT
-    parameters = {**_prefixed(fields), "now": now, "cutoff": cutoff}
-    row = connection.execute(statement, parameters).one_or_none()
-    if row is None:  # only with an event id: a recent delivery holds it
-        raise EventTaken(fields["event_id"])
-    return Ids(row.id, row.conversation_id, row.user_id)
-
-
 def _save_reply_sqlite(
     connection: Connection, row: dict[str, Any], closing: dict[str, Any]
 ) -> int | None:
@@ -466,10 +301,6 @@ def _save_reply_postgres(
 
 def _event(connection: Connection, platform: str, event_id: str) -> Any:
     return connection.execute(_EVENT, {"platform": platform, "event_id": event_id}).one_or_none()
-
-
-def _admission(connection: Connection, parameters: dict[str, Any]) -> Any:
-    return connection.execute(_ADMISSION, parameters).one()
 
 
 def _claim_ban_notice(connection: Connection, parameters: dict[str, Any]) -> bool:
@@ -524,6 +355,7 @@ class SqlConversationStore:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._postgres = database.dialect_name == "postgresql"
+        self._batches = PostgresBatches(database) if self._postgres else None
 
     async def admission(
         self, platform: str, platform_user_id: str, event_id: str | None, within_seconds: float
@@ -538,8 +370,8 @@ class SqlConversationStore:
             "platform_user_id": platform_user_id,
             "event_id": event_id,
         }
-        if self._postgres:
-            row = await self._db.run(_admission, parameters)
+        if self._batches is not None:
+            row = await self._batches.admission(parameters)
         else:
             row = await self._db.read(sqlite_hot.admission, parameters)
         first = None
@@ -584,8 +416,8 @@ class SqlConversationStore:
         }
         for _ in range(_CLAIM_ATTEMPTS):
             try:
-                if self._postgres:
-                    ids = await self._db.run(_store_inbound_postgres, fields, now, cutoff)
+                if self._batches is not None:
+                    ids = await self._batches.store(fields, now, cutoff)
                 else:
                     ids = await self._db.batched(sqlite_hot.store_inbound, fields, now, cutoff)
                 break

@@ -222,6 +222,59 @@ async def test_admission_reports_what_an_admin_set_for_the_user(
     assert not (await store.admission("slack", "u-9", None, HOUR)).banned
 
 
+async def test_admissions_asked_together_each_get_their_own_answer(
+    store: SqlConversationStore, database: Database
+) -> None:
+    banned = await receive(store, inbound(user="banned", event_id="e-old"))
+    limited = await receive(store, inbound(user="limited"))
+    queries = SqlAdminQueries(database)
+    await queries.update_user(banned.user_id, banned=True, rate_limit=None, set_rate_limit=False)
+    await queries.update_user(
+        limited.user_id, banned=None, rate_limit="2/minute", set_rate_limit=True
+    )
+
+    answers = await asyncio.gather(
+        store.admission("telegram", "limited", None, HOUR),
+        store.admission("telegram", "banned", "e-old", HOUR),
+        store.admission("telegram", "stranger", "e-new", HOUR),
+        store.admission("slack", "banned", "e-old", HOUR),
+    )
+
+    assert [(a.first_message_id, a.banned, a.rate_limit) for a in answers] == [
+        (None, False, "2/minute"),
+        (banned.id, True, None),
+        (None, False, None),
+        (None, False, None),  # another platform: another person, another event
+    ]
+
+
+async def test_messages_stored_together_each_get_their_own_outcome(
+    store: SqlConversationStore, database: Database
+) -> None:
+    earlier = await receive(store, inbound("earlier", event_id="seen"))
+
+    results = await asyncio.gather(
+        receive(store, inbound("again", event_id="seen")),
+        receive(store, inbound("new", key="chat-a", user="ann", event_id="fresh")),
+        receive(store, inbound("retry of new", key="chat-a", user="ann", event_id="fresh")),
+        receive(store, inbound("no event", key="chat-b", user="ann", user_name="Ann")),
+        receive(store, inbound("other user", key="chat-b", user="bob")),
+        return_exceptions=True,
+    )
+
+    again, new, retry, no_event, other = results
+    assert isinstance(again, DuplicateEvent) and again.message_id == earlier.id
+    assert isinstance(new, StoredMessage) and new.text == "new"
+    assert isinstance(retry, DuplicateEvent) and retry.message_id == new.id
+    assert isinstance(no_event, StoredMessage) and isinstance(other, StoredMessage)
+    assert no_event.user_id == new.user_id != other.user_id
+    assert no_event.conversation_id == other.conversation_id != new.conversation_id
+    for stored in (new, no_event, other):
+        assert await store.get_message(stored.id) == stored
+    assert await count(database, Message) == 4
+    assert await count(database, User) == 3  # u-1, ann, bob
+
+
 async def test_a_ban_notice_is_claimed_once_per_ban(
     store: SqlConversationStore, database: Database
 ) -> None:
