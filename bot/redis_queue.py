@@ -42,6 +42,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from bot import keys, metrics
+from bot.batching import Coalescer
 from bot.errors import DependencyUnavailable
 from bot.messages import Command, MessageStatus, StoredMessage
 from bot.ports import Job
@@ -202,6 +203,8 @@ class RedisQueue:
         self._timers: set[asyncio.TimerHandle] = set()
         self._group_ready = False
         self._enqueue = redis.register_script(_ENQUEUE)
+        # The jobs put in one turn of the event loop go to Redis in one pipeline.
+        self._puts: Coalescer[Job, bool] = Coalescer(self._put_many)
         self._head = redis.register_script(_HEAD)
         self._done = redis.register_script(_DONE)
         self._hand_back = redis.register_script(_HAND_BACK)
@@ -227,19 +230,29 @@ class RedisQueue:
         Raises:
             bot.errors.DependencyUnavailable: Redis cannot be reached.
         """
+        return await self._puts.one(job)
+
+    async def _put_many(self, jobs: list[Job]) -> list[bool | BaseException]:
         try:
-            added = await self._enqueue(
-                keys=[
-                    keys.QUEUE_JOBS,
-                    keys.queue_lane(job.conversation_id),
-                    keys.QUEUE_READY,
-                    keys.QUEUE_DEAD_IDS,
-                ],
-                args=[job.message_id, _encode(job), job.conversation_id],
-            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job in jobs:
+                    await self._enqueue(
+                        keys=[
+                            keys.QUEUE_JOBS,
+                            keys.queue_lane(job.conversation_id),
+                            keys.QUEUE_READY,
+                            keys.QUEUE_DEAD_IDS,
+                        ],
+                        args=[job.message_id, _encode(job), job.conversation_id],
+                        client=pipe,
+                    )
+                added = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable("redis", str(exc) or type(exc).__name__) from exc
-        return bool(added)
+        return [
+            DependencyUnavailable("redis", str(one)) if isinstance(one, Exception) else bool(one)
+            for one in added
+        ]
 
     async def get(self) -> Job:
         """The next job of a conversation this process owns."""

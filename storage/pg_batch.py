@@ -3,7 +3,7 @@
 Under load, reading each message's admission and storing each message with statements of
 their own cost a round trip each, a commit per message, and the server's CPU as much as
 Zapa's. :class:`PostgresBatches` collects the calls made in one turn of the event loop
-(:class:`Coalescer`) and answers them with one statement: the admissions with one read
+(:class:`bot.batching.Coalescer`) and answers them with one statement: the admissions with one read
 (:data:`_ADMIT_MANY`), the messages with one statement of data-modifying CTEs
 (:data:`_STORE_MANY`), in which each message still claims its event id, and a message
 whose event id a recent delivery holds writes nothing. Alone, a call waits for no one: its
@@ -17,17 +17,16 @@ again on its own.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from bot.batching import Coalescer
 from storage.db import Database
 from storage.sqlite_hot import EventTaken, Ids
 
@@ -50,9 +49,6 @@ _COLUMNS = (
     "route",
     "request_id",
 )
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 _ADMIT_MANY = text(
     """
@@ -140,49 +136,6 @@ FROM ids LEFT JOIN message_rows AS m ON m.id = ids.id
 ORDER BY ids.n
 """
 )
-
-
-class Coalescer(Generic[_T, _R]):
-    """Answers the calls made in one turn of the event loop with one call of ``many``.
-
-    ``many`` gets the calls' items in order and returns, in the same order, each call's
-    result or the exception that call is to raise; if ``many`` itself raises, every call
-    raises that.
-    """
-
-    def __init__(self, many: Callable[[list[_T]], Awaitable[list[_R | BaseException]]]) -> None:
-        self._many = many
-        self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
-        self._running: set[asyncio.Task[None]] = set()
-
-    async def one(self, item: _T) -> _R:
-        """The result for ``item``, from the batch it joins."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_R] = loop.create_future()
-        self._pending.append((item, future))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._answer(batch))
-        self._running.add(task)  # kept until done: the loop holds tasks only weakly
-        task.add_done_callback(self._running.discard)
-
-    async def _answer(self, batch: list[tuple[_T, asyncio.Future[_R]]]) -> None:
-        outcomes: list[_R | BaseException]
-        try:
-            outcomes = await self._many([item for item, _ in batch])
-        except Exception as exc:
-            outcomes = [exc] * len(batch)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():  # the caller was cancelled; the work stands
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
 
 
 class PostgresBatches:

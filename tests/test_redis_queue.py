@@ -82,6 +82,20 @@ async def test_putting_a_queued_message_again_changes_nothing(queues: Queues) ->
     assert await nothing_for(queue, 0.4)
 
 
+async def test_jobs_put_together_are_each_queued_once_in_order(queues: Queues) -> None:
+    queue = queues(capacity=1)
+    jobs = [Job(1, conversation_id=10), Job(2, conversation_id=10), Job(1, conversation_id=10)]
+
+    added = await asyncio.gather(*(queue.put(job) for job in jobs))
+
+    assert added == [True, True, False]
+    assert await queue.depth() == 2
+    first = await get(queue)
+    await queue.ack(first)
+    second = await get(queue)
+    assert (first.message_id, second.message_id) == (1, 2)
+
+
 async def test_a_fresh_job_carries_its_message_and_a_reclaimed_one_does_not(
     queues: Queues, client: aioredis.Redis
 ) -> None:
