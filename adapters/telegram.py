@@ -51,6 +51,9 @@ PLATFORM = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 TYPING_EVERY_SECONDS = 4.0
 EDIT_EVERY_SECONDS = 1.0  # Telegram allows about one message (or edit) a second per chat
+# A reply whose text is whole within this long of its first words needs no preview: it is
+# sent once, formatted, instead of a preview and an edit (and twice the wait).
+FIRST_PREVIEW_SECONDS = 0.5
 COURTESY_MAX_IN_FLIGHT = 8
 """Bot API calls waiting or under way above which "typing…" and previews are skipped.
 
@@ -316,12 +319,21 @@ class _Stream:
         self._shown = ""
         self._shown_id: int | None = None
         self._last_edit = 0.0
+        self._started: float | None = None
         self.live = sender.streaming and message.route.get("private") is True
 
     async def delta(self, text: str) -> None:
-        """Show the text so far, at most once every ``EDIT_EVERY_SECONDS``."""
+        """Show the text so far, at most once every ``EDIT_EVERY_SECONDS``.
+
+        The first preview waits ``FIRST_PREVIEW_SECONDS`` after the first words.
+        """
         self._text += text
-        if time.monotonic() - self._last_edit >= EDIT_EVERY_SECONDS:
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        if now - self._started >= FIRST_PREVIEW_SECONDS and now - self._last_edit >= (
+            EDIT_EVERY_SECONDS
+        ):
             await self._show(self._text)
 
     async def _show(self, text: str) -> None:

@@ -297,6 +297,21 @@ async def test_private_reply_streams_into_one_message_edited_at_most_once_a_seco
     assert len(texts) == len(set(texts))  # no edit repeats what is already shown
 
 
+async def test_a_reply_whole_within_half_a_second_is_sent_once_without_a_preview(
+    sqlite_url: str, fake: FakeOpenAI, telegram: FakeTelegram
+) -> None:
+    fake.answer = lambda body: "quick **answer**"
+    fake.chunk_delay = 0.02
+    async with running(config(sqlite_url, fake, telegram, telegram_streaming=True)) as client:
+        assert await deliver(client, text_update("be quick")) == 200
+        await telegram.wait_for_calls("sendMessage", 1)
+        await asyncio.sleep(0.3)
+    [sent] = telegram.sent()
+    assert sent["parse_mode"] == "HTML"
+    assert sent["text"] == "quick <b>answer</b>"
+    assert telegram.edits() == []
+
+
 async def test_under_a_backlog_typing_and_previews_give_way_to_the_replies(
     sqlite_url: str, fake: FakeOpenAI, telegram: FakeTelegram
 ) -> None:
