@@ -90,11 +90,12 @@ PATHS = {"telegram": TELEGRAM_PATH, "slack": SLACK_PATH, "generic": "/webhooks/g
 LIBRARIES = {"telegram": "python-telegram-bot", "slack": "slack-bolt"}
 # python-telegram-bot's AIORateLimiter, which Zapa's Telegram client uses, lets through at
 # most 30 Bot API requests a second that name a chat (Telegram's own flood limit), and a
-# reply in a private chat takes three: "typing…", the streamed preview, the final edit.
-# An end-to-end phase whose replies/s stay under this share of its rate was over capacity.
-OVER_CAPACITY = 0.9
+# reply in a private chat takes up to three: "typing…", the streamed preview (when the
+# answer takes over half a second), the final message.
 TELEGRAM_REQUESTS_PER_SECOND = 30
 TELEGRAM_REQUESTS_PER_REPLY = 3
+# An end-to-end phase whose replies/s stay under this share of its rate was over capacity.
+OVER_CAPACITY = 0.9
 
 EPILOG = """\
 what runs, in order:
@@ -245,6 +246,7 @@ class Wrk:
         seconds: int,
         expected: float | None = None,
         snapshot: Callable[[], CpuSnapshot] | None = None,
+        pace_ms: int | None = None,
     ) -> WrkTimed:
         """One wrk run against ``url``: its result, wrk's CPU seconds and two snapshots.
 
@@ -273,8 +275,9 @@ class Wrk:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         before = take()
         startup_cpu = 0.0
+        env = {**os.environ, "WRK_PACE_MS": str(pace_ms)} if pace_ms else None
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         assert process.stdout is not None and process.stderr is not None
         output: list[str] = []
@@ -345,6 +348,9 @@ class Ack:
     turns: dict[str, int] = field(default_factory=dict)
     # Zapa only: the Bot / Web API calls its platform got since the service started.
     platform_calls: dict[str, int] = field(default_factory=dict)
+    # Zapa's Telegram and Slack: a paced wrk run at half the 2xx/s above, on a fresh
+    # service: the rate it offered and reached, and its latency (ms).
+    half_rate: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -584,7 +590,13 @@ class Bench:
                 ack.error = str(exc)
                 e2e.error = "no ack measurement"
             return ack, e2e
-        # Replies to the ack run's webhooks were still queued: start afresh.
+        # Replies to the ack run's webhooks were still queued: start afresh, for the ack
+        # latency at half that rate, then for the end-to-end phase.
+        try:
+            with self.zapa(backend, base, f"{backend}-{kind}-half") as running:
+                self.half_rate(ack, running)
+        except (ServiceFailed, OSError) as exc:
+            print(f"    half-rate run failed: {str(exc).splitlines()[0]}", file=sys.stderr)
         try:
             with self.zapa(backend, base, f"{backend}-{kind}-e2e") as running:
                 self.platform_e2e(e2e, running)
@@ -609,6 +621,21 @@ class Bench:
                 again.error = str(exc)
             e2e = again
         return ack, e2e
+
+    def half_rate(self, ack: Ack, running: Service) -> None:
+        """wrk at half the ack run's 2xx/s (each connection paced by ``delay()``)."""
+        rate = ack.wrk.ok_per_second * 0.5
+        if rate < 1:
+            return
+        pace_ms = max(1, round(self.args.connections * 1000 / rate))
+        url = running.base_url + PATHS[ack.kind]
+        run = self.wrk.run(url, ack.kind, self.args.duration, rate, pace_ms=pace_ms).run
+        ack.half_rate = {
+            "offered_per_second": round(self.args.connections * 1000 / pace_ms, 1),
+            "ok_per_second": run.ok_per_second,
+            "not_ok": run.not_ok,
+            **{f"{k}_ms": v for k, v in run.latency_ms.items()},
+        }
 
     def set_rate(self, e2e: EndToEnd, ack: Ack) -> None:
         rate = ack.wrk.ok_per_second * self.args.e2e_fraction
@@ -876,6 +903,21 @@ def print_ack(acks: list[Ack], args: argparse.Namespace) -> None:
         f"(wrk {args.threads} threads, {args.connections} connections, {args.duration:g} s after "
         f"{args.warmup:g} s warm-up; latency in ms; CPU in cores of {os.cpu_count()})"
     )
+    paced = [a for a in acks if a.half_rate]
+    if paced:
+        head = (
+            f"{'at half the 2xx/s':<28} {'backend':<8} {'offered':>8} {'2xx/s':>8} "
+            f"{'p50':>7} {'p99':>7}"
+        )
+        print("\n" + head + "\n" + "-" * len(head))
+        for a in paced:
+            h = a.half_rate
+            print(
+                f"{a.label:<28} {a.backend or '-':<8} {fmt(h.get('offered_per_second')):>8} "
+                f"{fmt(h.get('ok_per_second')):>8} {fmt(h.get('p50_ms'), 2):>7} "
+                f"{fmt(h.get('p99_ms'), 2):>7}"
+            )
+        print("(a fresh service; wrk's connections each paced with delay(); latency in ms)")
 
 
 def print_e2e(runs: list[EndToEnd]) -> None:
@@ -980,7 +1022,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=TELEGRAM_REQUESTS_PER_SECOND / TELEGRAM_REQUESTS_PER_REPLY * 0.8,
         help="cap on Telegram's end-to-end rate, replies/s (8: 80%% of the 30 requests/s "
-        "PTB's AIORateLimiter lets through, at 3 requests a reply)",
+        "PTB's AIORateLimiter lets through, at up to 3 requests a reply)",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -1099,10 +1141,10 @@ def main(argv: list[str] | None = None) -> int:
         f"RATE_LIMIT={args.rate_limit} for every Zapa run; Telegram and generic requests each "
         f"come from a new user, Slack ones from {args.slack_users} users in turn",
         f"Zapa's Telegram replies go through python-telegram-bot's AIORateLimiter: at most "
-        f"{TELEGRAM_REQUESTS_PER_SECOND} Bot API requests/s; a private-chat reply takes "
-        f"{TELEGRAM_REQUESTS_PER_REPLY} (typing, preview, final edit) while few calls wait, one "
-        f"under a backlog; the end-to-end phase offers {args.telegram_e2e_rate:g}/s, where "
-        f"the courtesies still fit",
+        f"{TELEGRAM_REQUESTS_PER_SECOND} Bot API requests/s; a private-chat reply takes up to "
+        f"{TELEGRAM_REQUESTS_PER_REPLY} (typing, a preview if the answer takes over 0.5 s, the "
+        f"final message) while few calls wait, one under a backlog; the end-to-end phase "
+        f"offers {args.telegram_e2e_rate:g}/s, where the courtesies still fit",
     ]
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zapa-webhooks-")))

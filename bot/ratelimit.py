@@ -17,6 +17,7 @@ import asyncio
 import bisect
 import functools
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -283,6 +284,22 @@ def build_rate_limiter(settings: Settings, redis: aioredis.Redis | None) -> Limi
     return LimitsRateLimiter.in_memory(settings.rate_limits)
 
 
+class _OneLock(defaultdict[str, asyncio.Lock]):
+    """One lock for every key, instead of ``limits``' lock per key (per user).
+
+    The storage's critical sections never await (the sweep below replaces the library's
+    one that did), so on one event loop no two of them can overlap and the lock is never
+    waited for; a lock per user only cost memory and the garbage collector's time.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = asyncio.Lock()
+
+    def __missing__(self, key: str) -> asyncio.Lock:
+        return self._lock
+
+
 class _SweptMemoryStorage(MemoryStorage):
     """``limits``' memory storage, sweeping expired entries every few seconds.
 
@@ -300,6 +317,7 @@ class _SweptMemoryStorage(MemoryStorage):
     def __init__(self) -> None:
         super().__init__()
         self._last_sweep = 0.0
+        self.locks = _OneLock()
 
     async def _MemoryStorage__schedule_expiry(self) -> None:
         now = time.monotonic()

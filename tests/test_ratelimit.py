@@ -292,6 +292,7 @@ async def test_memory_limiter_forgets_users_whose_windows_have_passed() -> None:
     for user in ("a", "b", "c"):
         assert (await limiter.hit(user)).allowed
     assert {key.split("/")[1] for key in storage.events} == {"a", "b", "c"}
+    assert not storage.locks  # no lock kept per user: one serves them all
     await asyncio.sleep(1.1)
     assert (await limiter.hit("d")).allowed  # a hit sweeps what expired meanwhile
     users = {key.split("/")[1] for key in storage.events}

@@ -8,6 +8,15 @@
 
 local threads = {}
 
+-- WRK_PACE_MS paces each connection: one request per that many milliseconds, so that
+-- connections x 1000 / WRK_PACE_MS requests a second are offered (unset: as fast as served).
+local pace = tonumber(os.getenv("WRK_PACE_MS") or "")
+if pace then
+  function delay()
+    return pace
+  end
+end
+
 function setup(thread)
   thread:set("id", #threads)
   table.insert(threads, thread)
