@@ -153,7 +153,10 @@ class WebhookAdapter:
             request_id=request.get(REQUEST_ID),
         )
         try:
-            accepted = await self._engine.accept(inbound)
+            # A synchronous or streaming caller waits for the reply itself: holding replies
+            # back for the webhooks would only hold its own response back.
+            awaited = payload.callback_url is None
+            accepted = await self._engine.accept(inbound, awaited=awaited)
         except DependencyUnavailable as exc:
             logger.warning("webhook_unavailable", error=str(exc))
             return error_response(503, "unavailable", str(exc), retry_after=5)

@@ -8,7 +8,8 @@ Acknowledging comes first. A platform that waits too long for its 2xx sends the 
 again (Slack after 3 s) or backs off, while a stored message waits safely for its answer;
 so while a flood of messages is being accepted (:data:`BUSY_ACCEPTS` or more at once, until
 they have stayed at :data:`CALM_ACCEPTS` or fewer for :data:`CALM_SECONDS`), the workers'
-spare slots wait (:meth:`Engine.calm`) and the event loop goes to the webhooks.
+spare slots wait (:meth:`Engine.calm`) and the event loop goes to the webhooks. A message
+whose caller waits for the reply itself (a synchronous webhook) does not count.
 """
 
 from __future__ import annotations
@@ -128,12 +129,17 @@ class Engine:
         """Wait while a flood of messages is being accepted (see the module docstring)."""
         await self._calm.wait()
 
-    async def accept(self, message: InboundMessage) -> Acceptance:
+    async def accept(self, message: InboundMessage, *, awaited: bool = False) -> Acceptance:
         """Store the message and queue its reply, unless it is a repeat or over the limit.
+
+        ``awaited``: the caller answers its request with the reply (a synchronous webhook),
+        so the message does not count towards a flood that the workers give way to.
 
         Raises:
             bot.errors.DependencyUnavailable: the database or Redis cannot take it now.
         """
+        if awaited:
+            return await self._accept(message)
         self._accepting += 1
         if self._accepting >= BUSY_ACCEPTS:
             self._calm.clear()

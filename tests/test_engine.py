@@ -186,25 +186,33 @@ class HeldLimiter:
         await self._inner.ping()
 
 
+@pytest.mark.parametrize(("awaited", "slots"), [(False, 1), (True, 3)], ids=["acked", "awaited"])
 async def test_while_a_flood_is_accepted_only_the_steady_slots_take_jobs(
-    sqlite_url: str, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str,
+    fake: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    awaited: bool,
+    slots: int,
 ) -> None:
+    # A message whose caller waits for its reply (awaited) is no flood to give way to.
     monkeypatch.setattr("bot.engine.BUSY_ACCEPTS", 1)
     monkeypatch.setattr("bot.engine.CALM_ACCEPTS", 0)
     limiter = HeldLimiter()
     fake.stall(0.5, times=None)
     async with running_rig(sqlite_url, fake, limiter=limiter) as rig:
         await rig.worker.stop(1.0)
-        flood = asyncio.create_task(rig.engine.accept(inbound("held", "c-held", user_id="held")))
+        flood = asyncio.create_task(
+            rig.engine.accept(inbound("held", "c-held", user_id="held"), awaited=awaited)
+        )
         await asyncio.sleep(0.01)  # the flood is being accepted from now on
         for n in range(3):
             await rig.engine.accept(inbound(f"question {n}", f"c{n}", user_id=f"u{n}"))
         worker = Worker(rig.engine, rig.queue, concurrency=10)  # one steady slot
         worker.start()
         try:
-            await fake.wait_for_requests(1)
+            await fake.wait_for_requests(slots)
             await asyncio.sleep(0.2)
-            assert len(fake.requests) == 1  # the other slots wait for the webhooks
+            assert len(fake.requests) == slots
 
             limiter.release.set()
             await flood
