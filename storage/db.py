@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
@@ -75,6 +75,26 @@ class UnitRefused(Exception):
 
     Only that unit's caller gets it; the units sharing its transaction go on.
     """
+
+
+# What the units storing an inbound message (storage.sqlite_hot, storage.pg_batch) give back.
+
+
+class EventTaken(UnitRefused):
+    """A recent delivery holds the event id; ``message_id`` is its message, if known."""
+
+    def __init__(self, event_id: str, message_id: int | None = None) -> None:
+        super().__init__(event_id)
+        self.event_id = event_id
+        self.message_id = message_id
+
+
+class Ids(NamedTuple):
+    """What storing a message created or found."""
+
+    message_id: int
+    conversation_id: int
+    user_id: int
 
 
 def async_url(database_url: str) -> URL:

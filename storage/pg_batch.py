@@ -27,8 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from bot.batching import Coalescer
-from storage.db import Database
-from storage.sqlite_hot import EventTaken, Ids
+from storage.db import Database, EventTaken, Ids
 
 logger = structlog.get_logger(__name__)
 

@@ -53,7 +53,7 @@ from bot.messages import (
 )
 from bot.ports import Admission, NewReply
 from storage import sqlite_hot
-from storage.db import Database
+from storage.db import Database, EventTaken
 from storage.models import (
     RECEIVED_PREDICATE,
     UNDELIVERED_PREDICATE,
@@ -65,7 +65,6 @@ from storage.models import (
     utcnow,
 )
 from storage.pg_batch import PostgresBatches
-from storage.sqlite_hot import EventTaken
 
 logger = structlog.get_logger(__name__)
 

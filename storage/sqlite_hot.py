@@ -23,24 +23,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Connection
 
-from storage.db import UnitRefused
-
-
-class EventTaken(UnitRefused):
-    """A recent delivery holds the event id; ``message_id`` is its message, if known."""
-
-    def __init__(self, event_id: str, message_id: int | None = None) -> None:
-        super().__init__(event_id)
-        self.event_id = event_id
-        self.message_id = message_id
-
-
-class Ids(NamedTuple):
-    """What storing a message created or found."""
-
-    message_id: int
-    conversation_id: int
-    user_id: int
+from storage.db import EventTaken, Ids
 
 
 class AdmissionRow(NamedTuple):
