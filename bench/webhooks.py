@@ -78,6 +78,7 @@ from bench.platforms import (
     slack_user,
 )
 from bench.scale import CpuSnapshot
+from bot import keys
 from tests.fake_slack import BOT_USER_ID, app_mention, event_envelope, sign
 from tests.fake_telegram import text_update
 
@@ -86,6 +87,8 @@ TELEGRAM_SECRET = "bench-telegram-secret"
 SLACK_SIGNING_SECRET = "bench-slack-signing-secret"
 SLACK_CHANNELS = 64
 KINDS = ("telegram", "slack", "generic")
+# Postgres + Redis in the scaled-out set-up: `zapa serve --no-worker` and one `zapa worker`.
+SPLIT = "pg-split"
 PATHS = {"telegram": TELEGRAM_PATH, "slack": SLACK_PATH, "generic": "/webhooks/generic"}
 LIBRARIES = {"telegram": "python-telegram-bot", "slack": "slack-bolt"}
 # python-telegram-bot's AIORateLimiter, which Zapa's Telegram client uses, lets through at
@@ -429,13 +432,17 @@ class Bench:
     platforms: Platforms
     wrk: Wrk
     databases: int = 0
+    worker_pid: int | None = None  # the split set-up's `zapa worker`, while it runs
 
     def own(self, server_pid: int) -> dict[str, list[int]]:
-        return {
+        own = {
             "server": [server_pid],
             "fake_model": [self.model_pid],
             "platforms": [self.platforms.pid],
         }
+        if self.worker_pid is not None:
+            own["worker"] = [self.worker_pid]
+        return own
 
     def measure_ack(
         self, ack: Ack, base_url: str, server_pid: int, zapa: Service | None = None
@@ -558,18 +565,55 @@ class Bench:
 
     @contextlib.contextmanager
     def zapa(self, backend: str, base: dict[str, str], name: str) -> Iterator[Service]:
+        split = backend == SPLIT
         with (
             self.fresh_database(backend, base) as env,
-            service(env, self.workdir, name=name) as running,
+            service(env, self.workdir, ["--no-worker"] if split else [], name=name) as running,
         ):
+            worker = self.start_worker(env, name) if split else None
+            self.worker_pid = worker.pid if worker is not None else None
+            if worker is not None:
+                self.wait_for_worker(worker, name)
             try:
                 yield running
             finally:
                 # Its database is thrown away next, with any replies still queued (after an
                 # ack run, Telegram's take minutes): no graceful stop needed.
-                running.process.kill()
-                running.process.wait()
+                for process in (running.process, worker):
+                    if process is not None:
+                        process.kill()
+                        process.wait()
+                self.worker_pid = None
                 self.platforms.reset()
+
+    def wait_for_worker(self, worker: subprocess.Popen[bytes], name: str) -> None:
+        """Until the worker is listed in the queue's consumer group: ready to take jobs."""
+        client = redis.Redis.from_url(self.args.redis_url)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    raise ServiceFailed(
+                        f"zapa worker exited:\n{log_tail(self.workdir / f'{name}-worker.log')}"
+                    )
+                with contextlib.suppress(redis.RedisError):
+                    if client.xinfo_consumers(keys.QUEUE_READY, keys.QUEUE_GROUP):
+                        return
+                time.sleep(0.1)
+            raise ServiceFailed("zapa worker did not join the queue in 60 s")
+        finally:
+            client.close()
+
+    def start_worker(self, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        """``zapa worker`` beside a ``zapa serve --no-worker`` (the scaled-out set-up)."""
+        with (self.workdir / f"{name}-worker.log").open("wb") as sink:
+            return subprocess.Popen(
+                [sys.executable, "-m", "bot", "worker"],
+                cwd=self.workdir,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
 
     def run_zapa(self, backend: str, base: dict[str, str], kind: str) -> tuple[Ack, EndToEnd]:
         """The ack run, then the end-to-end phase, of one webhook kind on one backend."""
@@ -825,7 +869,7 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "wrk": wrk_version(),
         "packages": packages,
     }
-    if "postgres" in args.backends:
+    if "postgres" in args.backends or SPLIT in args.backends:
         with contextlib.suppress(Exception):
             client = redis.Redis.from_url(args.redis_url)
             try:
@@ -896,6 +940,8 @@ def print_ack(acks: list[Ack], args: argparse.Namespace) -> None:
             f"{c['machine_busy_percent']:>6.1f}% {a.peak_rss_mb:>7.1f} "
             f"{fmt(a.replies_per_second):>9} {w.reused_bodies:>6}"
         )
+        if "worker" in a.cpu:
+            print(f"{'':<28} ^ and its zapa worker process: {a.cpu['worker']:.2f} cores")
         odd = {k: n for k, n in a.turns.items() if k not in ("answered",) and n}
         if odd:
             print(f"{'':<28} ^ turns other than answered: {odd}")
@@ -988,9 +1034,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend",
-        choices=("sqlite", "postgres", "both"),
+        choices=("sqlite", "postgres", SPLIT, "both", "all"),
         default="both",
-        help="Zapa's storage: the SQLite default, Postgres + Redis, or both (default)",
+        help="Zapa's storage: the SQLite default, Postgres + Redis, Postgres + Redis with "
+        f"the worker in its own process ({SPLIT}: `zapa serve --no-worker` and `zapa worker`), "
+        "both of the first two (default), or all three",
     )
     parser.add_argument(
         "--targets",
@@ -1091,7 +1139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.settle is None:
         args.settle = 0.2 if args.quick else 1.0
     args.server_env = dict(args.server_env)
-    args.backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
+    args.backends = {
+        "both": ("sqlite", "postgres"),
+        "all": ("sqlite", "postgres", SPLIT),
+    }.get(args.backend, (args.backend,))
     args.targets = _choices(parser, "--targets", args.targets, ("bare", "ptb", "bolt", "zapa"))
     args.kinds = _choices(parser, "--kinds", args.kinds, KINDS)
     return args
