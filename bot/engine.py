@@ -6,9 +6,9 @@ deliver. The engine knows only the ports of :mod:`bot.ports`.
 
 Acknowledging comes first. A platform that waits too long for its 2xx sends the webhook
 again (Slack after 3 s) or backs off, while a stored message waits safely for its answer;
-so while a flood of messages is being accepted (:data:`BUSY_ACCEPTS` or more at once, until
-they have stayed at :data:`CALM_ACCEPTS` or fewer for :data:`CALM_SECONDS`), the workers'
-spare slots wait (:meth:`Engine.calm`) and the event loop goes to the webhooks. A message
+so while a flood of messages is being accepted (``EngineConfig.busy_accepts`` or more at
+once, until they have stayed at ``calm_accepts`` or fewer for ``calm_seconds``), the
+workers' spare slots wait (:meth:`Engine.calm`) and the event loop goes to the webhooks. A message
 whose caller waits for the reply itself (a synchronous webhook) does not count.
 """
 
@@ -50,11 +50,6 @@ logger = structlog.get_logger(__name__)
 
 DEDUP_SECONDS = 24 * 3600
 HISTORY_FETCH_LIMIT = 200
-# Messages being accepted at once from which the webhooks go first, and down to which
-# they must drain, and stay for CALM_SECONDS, before the workers take jobs freely again.
-BUSY_ACCEPTS = 16
-CALM_ACCEPTS = 4
-CALM_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +60,11 @@ class EngineConfig:
     history_max_tokens: int
     dedup_seconds: float = DEDUP_SECONDS
     history_fetch_limit: int = HISTORY_FETCH_LIMIT
+    # Messages being accepted at once from which the webhooks go first, and down to which
+    # they must drain, and stay for calm_seconds, before the workers take jobs freely again.
+    busy_accepts: int = 16
+    calm_accepts: int = 4
+    calm_seconds: float = 0.05
 
 
 class Outcome(StrEnum):
@@ -141,7 +141,7 @@ class Engine:
         if awaited:
             return await self._accept(message)
         self._accepting += 1
-        if self._accepting >= BUSY_ACCEPTS:
+        if self._accepting >= self._config.busy_accepts:
             self._calm.clear()
             if self._calming is not None:
                 self._calming.cancel()
@@ -151,14 +151,14 @@ class Engine:
         finally:
             self._accepting -= 1
             calming = self._calming is not None or self._calm.is_set()
-            if self._accepting <= CALM_ACCEPTS and not calming:
+            if self._accepting <= self._config.calm_accepts and not calming:
                 loop = asyncio.get_running_loop()
-                self._calming = loop.call_later(CALM_SECONDS, self._settle)
+                self._calming = loop.call_later(self._config.calm_seconds, self._settle)
 
     def _settle(self) -> None:
         """The accepts stayed few since the timer was set: the workers may go on."""
         self._calming = None
-        if self._accepting <= CALM_ACCEPTS:
+        if self._accepting <= self._config.calm_accepts:
             self._calm.set()
 
     async def _accept(self, message: InboundMessage) -> Acceptance:

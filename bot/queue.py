@@ -8,7 +8,7 @@ A backlog (a burst, a slow model, a platform's rate limit) can hold tens of thou
 jobs, and the garbage collector walks every container object they keep alive in each of
 its full passes, which then pause the event loop for a tenth of a second and more. So a
 waiting job costs one such object where it can: a conversation with one job waiting keeps
-the job itself rather than a deque of one, and beyond the first :data:`CACHED_MESSAGES`
+the job itself rather than a deque of one, and beyond the first ``cached_messages``
 jobs waiting, a job drops its copy of the message (the worker reads it back, one indexed
 read, when its turn comes).
 """
@@ -36,7 +36,8 @@ class MemoryQueue:
     conversation at once and keeps each lane's order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, cached_messages: int = CACHED_MESSAGES) -> None:
+        self._cached_messages = cached_messages
         self._queued: set[int] = set()  # message ids with a job waiting or in flight
         self.dead: deque[tuple[Job, str]] = deque(maxlen=1000)
         self._lanes: dict[int, _Lane] = {}
@@ -48,7 +49,7 @@ class MemoryQueue:
         """Append the job to its conversation's lane, unless its message is queued already."""
         if job.message_id in self._queued:
             return False
-        if job.message is not None and len(self._queued) >= CACHED_MESSAGES:
+        if job.message is not None and len(self._queued) >= self._cached_messages:
             job = dataclasses.replace(job, message=None)
         self._queued.add(job.message_id)
         lane = self._lanes.get(job.conversation_id)

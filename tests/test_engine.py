@@ -47,6 +47,9 @@ async def running_rig(
     *,
     history_max_tokens: int = 4000,
     limiter: RateLimiter | None = None,
+    cached_messages: int = 1000,
+    busy_accepts: int = 16,
+    calm_accepts: int = 4,
 ) -> AsyncIterator[Rig]:
     db = open_database(sqlite_url, 5)
     store = SqlConversationStore(db)
@@ -57,13 +60,18 @@ async def running_rig(
         backoff_base=0.01,
         backoff_max=0.02,
     )
-    queue = MemoryQueue()
+    queue = MemoryQueue(cached_messages=cached_messages)
     engine = Engine(
         store=store,
         limiter=limiter or LimitsRateLimiter.in_memory([(100, "minute")]),
         responder=responder,
         queue=queue,
-        config=EngineConfig(system_prompt="sys", history_max_tokens=history_max_tokens),
+        config=EngineConfig(
+            system_prompt="sys",
+            history_max_tokens=history_max_tokens,
+            busy_accepts=busy_accepts,
+            calm_accepts=calm_accepts,
+        ),
     )
     sender = RecordingSender()
     engine.register_sender("test", sender)
@@ -147,19 +155,19 @@ async def test_queue_keeps_order_and_depth_across_single_and_multi_job_lanes() -
 
 
 async def test_a_backlog_beyond_the_cached_messages_is_answered_in_order(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, fake: FakeOpenAI
 ) -> None:
-    monkeypatch.setattr("bot.queue.CACHED_MESSAGES", 1)
-    await rig.worker.stop(1.0)  # let a backlog build
-    for n in range(4):
-        await rig.engine.accept(inbound(f"question {n}", conversation=f"c{n % 2}"))
-    assert await rig.queue.depth() == 4
-    worker = Worker(rig.engine, rig.queue, concurrency=4, max_attempts=3)
-    worker.start()
-    try:
-        replies = await rig.sender.wait_for(4)
-    finally:
-        await worker.stop(1.0)
+    async with running_rig(sqlite_url, fake, cached_messages=1) as rig:
+        await rig.worker.stop(1.0)  # let a backlog build
+        for n in range(4):
+            await rig.engine.accept(inbound(f"question {n}", conversation=f"c{n % 2}"))
+        assert await rig.queue.depth() == 4
+        worker = Worker(rig.engine, rig.queue, concurrency=4, max_attempts=3)
+        worker.start()
+        try:
+            replies = await rig.sender.wait_for(4)
+        finally:
+            await worker.stop(1.0)
 
     assert sorted(reply.text for reply in replies) == [f"echo: question {n}" for n in range(4)]
     for conversation in ("c0", "c1"):
@@ -190,16 +198,15 @@ class HeldLimiter:
 async def test_while_a_flood_is_accepted_only_the_steady_slots_take_jobs(
     sqlite_url: str,
     fake: FakeOpenAI,
-    monkeypatch: pytest.MonkeyPatch,
     awaited: bool,
     slots: int,
 ) -> None:
     # A message whose caller waits for its reply (awaited) is no flood to give way to.
-    monkeypatch.setattr("bot.engine.BUSY_ACCEPTS", 1)
-    monkeypatch.setattr("bot.engine.CALM_ACCEPTS", 0)
     limiter = HeldLimiter()
     fake.stall(0.5, times=None)
-    async with running_rig(sqlite_url, fake, limiter=limiter) as rig:
+    async with running_rig(
+        sqlite_url, fake, limiter=limiter, busy_accepts=1, calm_accepts=0
+    ) as rig:
         await rig.worker.stop(1.0)
         flood = asyncio.create_task(
             rig.engine.accept(inbound("held", "c-held", user_id="held"), awaited=awaited)
