@@ -11,11 +11,9 @@ async engine (:func:`create_migration_engine`).
 from __future__ import annotations
 
 import abc
-import asyncio
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
@@ -39,6 +37,7 @@ from sqlalchemy.sql import Executable
 # each of its calls with; exported by sqlalchemy.util.
 from sqlalchemy.util import greenlet_spawn
 
+from bot.batching import Coalescer
 from bot.errors import DependencyUnavailable
 from config.settings import normalize_database_url
 
@@ -68,6 +67,8 @@ _UNAVAILABLE_STATES = frozenset({"08", "53", "57"})
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+# A unit of work with its arguments bound.
+_Work = Callable[[Connection], Any]
 
 
 class UnitRefused(Exception):
@@ -255,22 +256,6 @@ class PostgresDatabase(Database):
         await self._engine.dispose()
 
 
-@dataclass(frozen=True, slots=True)
-class _Unit:
-    """A unit of :meth:`SqliteDatabase.batched` and the future its caller awaits."""
-
-    work: Callable[[Connection], Any]
-    future: asyncio.Future[Any]
-
-    def settle(self, result: Any, error: BaseException | None) -> None:
-        if self.future.done():  # the caller was cancelled; the work stands
-            return
-        if error is None:
-            self.future.set_result(result)
-        else:
-            self.future.set_exception(error)
-
-
 def _drop_closed_connection(
     _dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
 ) -> None:
@@ -314,7 +299,7 @@ class SqliteDatabase(Database):
         self._engine = create_engine(url.set(drivername="sqlite+pysqlite"), poolclass=StaticPool)
         _configure_sqlite(self._engine, migrations=False)
         self._connection: Connection | None = None
-        self._batch: list[_Unit] = []
+        self._batches: Coalescer[_Work, Any] = Coalescer(self._commit_units)
 
     async def run(
         self, work: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
@@ -356,7 +341,7 @@ class SqliteDatabase(Database):
 
         A group commit: under load, the requests handled in one turn of the event loop
         each submit their unit, and the units run one after another in a single
-        transaction at the start of the next turn, so a commit (the one costly step of an
+        transaction in a following turn, so a commit (the one costly step of an
         SQLite write) serves them all. Alone, a unit waits for no one: it runs in the next
         turn. Every caller still gets its answer only after the commit.
         """
@@ -364,47 +349,33 @@ class SqliteDatabase(Database):
         def unit(connection: Connection) -> _T:
             return work(connection, *args, **kwargs)
 
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._batch.append(_Unit(unit, future))
-        if len(self._batch) == 1:
-            loop.call_soon(self._commit_batch)
-        return cast(_T, await future)
+        return cast(_T, await self._batches.one(unit))
 
-    def _commit_batch(self) -> None:
-        batch, self._batch = self._batch, []
-        outcomes: list[tuple[_Unit, Any, BaseException | None]] = []
+    async def _commit_units(self, units: list[_Work]) -> list[Any]:
+        outcomes: list[Any] = []
         try:
             with self._connected() as connection, connection.begin():
-                for unit in batch:
+                for unit in units:
                     try:
-                        outcomes.append((unit, unit.work(connection), None))
+                        outcomes.append(unit(connection))
                     except UnitRefused as refused:
-                        outcomes.append((unit, None, refused))
-        except DependencyUnavailable as exc:
-            for unit in batch:
-                unit.settle(None, exc)
-            return
+                        outcomes.append(refused)
+        except DependencyUnavailable:
+            raise  # every caller gets it
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0].settle(None, exc)
-                return
+            if len(units) == 1:
+                return [exc]
             # One unit failed and rolled back every unit's work: alone, each gets its own
             # outcome, and only the failing one fails.
-            for unit in batch:
-                self._commit_alone(unit)
-            return
-        for unit, result, error in outcomes:
-            unit.settle(result, error)
+            return [self._commit_alone(unit) for unit in units]
+        return outcomes
 
-    def _commit_alone(self, unit: _Unit) -> None:
+    def _commit_alone(self, unit: _Work) -> Any:
         try:
             with self._connected() as connection, connection.begin():
-                result = unit.work(connection)
+                return unit(connection)
         except Exception as exc:
-            unit.settle(None, exc)
-        else:
-            unit.settle(result, None)
+            return exc
 
     async def dispose(self) -> None:
         """Close the connection."""
