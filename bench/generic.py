@@ -640,13 +640,19 @@ def key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
-        epilog=EPILOG,
+def command_parser(prog: str, doc: str, epilog: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its module docstring's first two paragraphs, then ``epilog``."""
+    paragraphs = doc.split("\n\n")
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=paragraphs[0] + "\n\n" + paragraphs[1],
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = command_parser("python -m bench", __doc__, EPILOG)
     parser.add_argument(
         "--backend",
         choices=("sqlite", "postgres", "both"),

@@ -35,6 +35,7 @@ from bench.generic import (
     Service,
     ServiceFailed,
     backend_env,
+    command_parser,
     fake_model,
     fmt,
     key_value,
@@ -494,12 +495,7 @@ def _topologies(text: str) -> list[Topology]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scale",
-        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m bench.scale", __doc__, EPILOG)
     parser.add_argument(
         "--topologies",
         type=_topologies,

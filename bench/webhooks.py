@@ -56,6 +56,7 @@ from bench.generic import (
     _postgres,
     _python_env,
     backend_env,
+    command_parser,
     fake_model,
     fmt,
     free_port,
@@ -1011,12 +1012,7 @@ def print_ratios(table: dict[str, dict[str, float | None]]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.webhooks",
-        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m bench.webhooks", __doc__, EPILOG)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import text
@@ -195,15 +195,12 @@ class PostgresBatches:
         return outcomes
 
 
-class _Store:
+class _Store(NamedTuple):
     """A message to store: the store's fields, when, and the cutoff for its event id."""
 
-    __slots__ = ("cutoff", "fields", "now")
-
-    def __init__(self, fields: dict[str, Any], now: datetime, cutoff: datetime) -> None:
-        self.fields = fields
-        self.now = now
-        self.cutoff = cutoff
+    fields: dict[str, Any]
+    now: datetime
+    cutoff: datetime
 
 
 def _conflict(exc: DBAPIError) -> bool:
