@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import openai
 import structlog
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -333,36 +333,32 @@ class OpenAIResponder:
         if on_delta is None:
             # Nobody watches the text arrive: one JSON answer costs far less to parse than
             # a stream of chunks.
-            answer = await self._client.post("/chat/completions", body=body, cast_to=dict)
+            answer = await self._client.post("/chat/completions", body=body, cast_to=object)
             return _answer_text(answer), _answer_usage(answer)
         parts: list[str] = []
         usage: Usage | None = None
+        # The chunks are read as the JSON they are (``AsyncStream[object]``): building a
+        # ``ChatCompletionChunk`` model per chunk cost about 0.4 ms of CPU each, most of a
+        # streamed call. The client still decodes the events and raises on an error event.
         stream = await self._client.post(
             "/chat/completions",
             body={**body, "stream": True, "stream_options": {"include_usage": True}},
-            cast_to=ChatCompletion,
+            cast_to=object,
             stream=True,
-            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            stream_cls=openai.AsyncStream[object],
         )
         async with stream:
             async for chunk in stream:
-                if chunk.usage is not None:
-                    usage = Usage(
-                        prompt_tokens=chunk.usage.prompt_tokens,
-                        completion_tokens=chunk.usage.completion_tokens,
-                    )
-                if not chunk.choices:
-                    continue
-                piece = chunk.choices[0].delta.content
+                usage = _answer_usage(chunk) or usage
+                piece = _chunk_text(chunk)
                 if not piece:
                     continue
                 parts.append(piece)
-                if on_delta is not None:
-                    turn.delivered = True
-                    try:
-                        await on_delta(piece)
-                    except Exception as exc:
-                        raise _DeltaFailed(exc) from exc
+                turn.delivered = True
+                try:
+                    await on_delta(piece)
+                except Exception as exc:
+                    raise _DeltaFailed(exc) from exc
         return "".join(parts), usage
 
     def _wait(self, state: RetryCallState) -> float:
@@ -465,16 +461,34 @@ def build_responder(
     return EchoResponder()
 
 
-def _answer_text(answer: dict[Any, Any]) -> str:
+def _answer_text(answer: object) -> str:
     """The assistant's text in a chat-completion body ("" when there is none)."""
     try:
-        content = answer["choices"][0]["message"].get("content")
+        content = answer["choices"][0]["message"].get("content")  # type: ignore[index]
     except (KeyError, IndexError, TypeError, AttributeError):
         raise ValueError("the endpoint's answer has no choices[0].message") from None
     return content if isinstance(content, str) else ""
 
 
-def _answer_usage(answer: dict[Any, Any]) -> Usage | None:
+def _chunk_text(chunk: object) -> str:
+    """The text a streamed chunk adds ("" for the role, usage and finish chunks).
+
+    Raises:
+        ValueError: the chunk is not a chat-completion chunk.
+    """
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+        raise ValueError("a streamed chunk is not a chat.completion.chunk object")
+    choices = chunk.get("choices")
+    if not choices:
+        return ""
+    delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+def _answer_usage(answer: object) -> Usage | None:
+    if not isinstance(answer, dict):
+        return None
     usage = answer.get("usage")
     if not isinstance(usage, dict):
         return None

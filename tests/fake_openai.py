@@ -16,6 +16,8 @@ Scripting (each call queues failures served before normal answers, in order):
 * ``fake.stall(5.0)`` — waits that long before answering (longer than a client timeout).
 * ``fake.break_stream(after_chunks=2)`` — sends that many content chunks, then drops the
   connection without finishing the response.
+* ``fake.send_event('{"error": {...}}', after_chunks=1)`` — sends that many content chunks,
+  then ``data: <the given text>`` and ends the stream there (an error event, or garbage).
 * ``fake.answer = lambda body: "..."`` — what to reply (default: ``"echo: <text>"``).
 * ``fake.latency = 0.1`` — seconds before every response starts.
 * ``fake.chunk_delay = 0.1`` — seconds between the content chunks of a stream.
@@ -72,12 +74,13 @@ def _text_of(content: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Failure:
-    kind: Literal["status", "stall", "break"]
+    kind: Literal["status", "stall", "break", "event"]
     status: int = 500
     headers: tuple[tuple[str, str], ...] = ()
     message: str | None = None
     seconds: float = 0.0
     after_chunks: int = 1
+    event: str = ""
 
 
 class FakeOpenAI(FakeServer):
@@ -142,6 +145,10 @@ class FakeOpenAI(FakeServer):
     def break_stream(self, *, after_chunks: int = 1, times: int | None = 1) -> None:
         """Drop the connection after ``after_chunks`` content chunks of the next responses."""
         self._queue(_Failure("break", after_chunks=after_chunks), times)
+
+    def send_event(self, data: str, *, after_chunks: int = 1, times: int | None = 1) -> None:
+        """End the next streams with ``data: <data>`` after ``after_chunks`` content chunks."""
+        self._queue(_Failure("event", after_chunks=after_chunks, event=data), times)
 
     def heal(self) -> None:
         """Forget every scripted failure: answer normally from now on."""
@@ -217,14 +224,17 @@ class FakeOpenAI(FakeServer):
         counted["total_tokens"] = counted["prompt_tokens"] + counted["completion_tokens"]
         usage: dict[str, int] | None = counted if self.send_usage else None
         completion_id = f"chatcmpl-fake{next(self._ids)}"
-        broken = failure is not None and failure.kind == "break"
+        broken = failure is not None and failure.kind in ("break", "event")
         broken_after = failure.after_chunks if failure is not None and broken else None
+        event = failure.event if failure is not None and failure.kind == "event" else None
 
         if body.get("stream"):
             stream_options = body.get("stream_options") or {}
             if not stream_options.get("include_usage"):
                 usage = None
-            return await self._stream(request, completion_id, model, pieces, usage, broken_after)
+            return await self._stream(
+                request, completion_id, model, pieces, usage, broken_after, event
+            )
         if broken_after is not None:
             _drop_connection(request)
             return web.Response()
@@ -255,6 +265,7 @@ class FakeOpenAI(FakeServer):
         pieces: list[str],
         usage: dict[str, int] | None,
         broken_after: int | None,
+        event: str | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -285,6 +296,10 @@ class FakeOpenAI(FakeServer):
             if index and self.chunk_delay:
                 await self._pause(self.chunk_delay)
             await response.write(chunk({"content": piece}))
+        if event is not None:
+            await response.write(f"data: {event}\n\n".encode())
+            await response.write_eof()
+            return response
         if broken_after is not None:
             _drop_connection(request)
             return response

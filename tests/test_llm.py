@@ -350,6 +350,34 @@ async def test_broken_stream_after_text_reached_the_user_fails_without_retry(
     assert isinstance(caught.value.__cause__, openai.APIConnectionError)
 
 
+async def test_error_event_in_the_stream_before_any_text_is_retried(
+    fake: FakeOpenAI, make_responder: Factory
+) -> None:
+    # OpenAI-compatible servers report a failure after the 200 as an event of its own.
+    fake.send_event('{"error": {"message": "overloaded", "type": "server_error"}}', after_chunks=0)
+    deltas = Deltas()
+
+    completion = await make_responder().complete([QUESTION], deltas)
+
+    assert completion.text == deltas.text == f"echo: {QUESTION.content}"
+    assert len(fake.requests) == 2
+
+
+async def test_chunk_that_is_not_a_completion_chunk_makes_the_model_unavailable(
+    fake: FakeOpenAI, make_responder: Factory
+) -> None:
+    fake.send_event("[1, 2, 3]", after_chunks=1, times=None)
+    deltas = Deltas()
+
+    with pytest.raises(ModelUnavailable) as caught:
+        await make_responder().complete([QUESTION], deltas)
+
+    # The first word had reached the user, so the turn is not tried again.
+    assert len(fake.requests) == 1
+    assert deltas.text == "echo: "
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
 async def test_failing_delta_callback_propagates_unchanged_without_retry(
     fake: FakeOpenAI, make_responder: Factory
 ) -> None:
