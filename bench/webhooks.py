@@ -94,7 +94,7 @@ PATHS = {"telegram": TELEGRAM_PATH, "slack": SLACK_PATH, "generic": "/webhooks/g
 LIBRARIES = {"telegram": "python-telegram-bot", "slack": "slack-bolt"}
 # python-telegram-bot's AIORateLimiter, which Zapa's Telegram client uses, lets through at
 # most 30 Bot API requests a second that name a chat (Telegram's own flood limit), and a
-# reply in a private chat takes up to three: "typing…", the streamed preview (when the
+# reply in a private chat takes up to three: "typing…" and the streamed preview (when the
 # answer takes over half a second), the final message.
 TELEGRAM_REQUESTS_PER_SECOND = 30
 TELEGRAM_REQUESTS_PER_REPLY = 3
@@ -353,7 +353,8 @@ class Ack:
     # Zapa only: the Bot / Web API calls its platform got since the service started.
     platform_calls: dict[str, int] = field(default_factory=dict)
     # Zapa's Telegram and Slack: a paced wrk run at half the 2xx/s above, on a fresh
-    # service: the rate it offered and reached, and its latency (ms).
+    # service after a warm-up at that pace: the rate it offered and reached, and its
+    # latency (ms), the warm-up's too (warmup_*).
     half_rate: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -674,12 +675,20 @@ class Bench:
             return
         pace_ms = max(1, round(self.args.connections * 1000 / rate))
         url = running.base_url + PATHS[ack.kind]
+        cold: dict[str, float] = {}
+        if self.args.warmup > 0:
+            # Paced as the measured run, as the ack run has its warm-up: the first second of
+            # a fresh service (connections opened, a hundred worker slots starting at once)
+            # is reported apart.
+            warm = self.wrk.run(url, ack.kind, self.args.warmup, rate, pace_ms=pace_ms).run
+            cold = {f"warmup_{k}_ms": v for k, v in warm.latency_ms.items()}
         run = self.wrk.run(url, ack.kind, self.args.duration, rate, pace_ms=pace_ms).run
         ack.half_rate = {
             "offered_per_second": round(self.args.connections * 1000 / pace_ms, 1),
             "ok_per_second": run.ok_per_second,
             "not_ok": run.not_ok,
             **{f"{k}_ms": v for k, v in run.latency_ms.items()},
+            **cold,
         }
 
     def set_rate(self, e2e: EndToEnd, ack: Ack) -> None:
@@ -954,7 +963,7 @@ def print_ack(acks: list[Ack], args: argparse.Namespace) -> None:
     if paced:
         head = (
             f"{'at half the 2xx/s':<28} {'backend':<8} {'offered':>8} {'2xx/s':>8} "
-            f"{'p50':>7} {'p99':>7}"
+            f"{'p50':>7} {'p99':>7} {'warm-up p99':>11}"
         )
         print("\n" + head + "\n" + "-" * len(head))
         for a in paced:
@@ -962,9 +971,12 @@ def print_ack(acks: list[Ack], args: argparse.Namespace) -> None:
             print(
                 f"{a.label:<28} {a.backend or '-':<8} {fmt(h.get('offered_per_second')):>8} "
                 f"{fmt(h.get('ok_per_second')):>8} {fmt(h.get('p50_ms'), 2):>7} "
-                f"{fmt(h.get('p99_ms'), 2):>7}"
+                f"{fmt(h.get('p99_ms'), 2):>7} {fmt(h.get('warmup_p99_ms'), 2):>11}"
             )
-        print("(a fresh service; wrk's connections each paced with delay(); latency in ms)")
+        print(
+            f"(a fresh service; wrk's connections each paced with delay(), {args.duration:g} s "
+            f"after {args.warmup:g} s warm-up at the same pace; latency in ms)"
+        )
 
 
 def print_e2e(runs: list[EndToEnd]) -> None:
@@ -1189,8 +1201,8 @@ def main(argv: list[str] | None = None) -> int:
         f"come from a new user, Slack ones from {args.slack_users} users in turn",
         f"Zapa's Telegram replies go through python-telegram-bot's AIORateLimiter: at most "
         f"{TELEGRAM_REQUESTS_PER_SECOND} Bot API requests/s; a private-chat reply takes up to "
-        f"{TELEGRAM_REQUESTS_PER_REPLY} (typing, a preview if the answer takes over 0.5 s, the "
-        f"final message) while few calls wait, one under a backlog; the end-to-end phase "
+        f"{TELEGRAM_REQUESTS_PER_REPLY} (typing and a preview if the answer takes over 0.5 s, "
+        f"the final message) while few calls wait, one under a backlog; the end-to-end phase "
         f"offers {args.telegram_e2e_rate:g}/s, where the courtesies still fit",
     ]
     with contextlib.ExitStack() as stack:

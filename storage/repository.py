@@ -36,7 +36,7 @@ from sqlalchemy import (
     union,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Executable, Select
 
@@ -251,14 +251,8 @@ _RESET_CONTEXT = (
     .values(context_since=bindparam("message_id"), updated_at=_now())
 )
 
+
 # SQLite stores a message with storage.sqlite_hot; a reply with these, in one transaction.
-_SQLITE_REPLY = (
-    sqlite.insert(_messages)
-    .on_conflict_do_nothing(index_elements=[_messages.c.reply_to_id])
-    .returning(_messages.c.id)
-)
-
-
 def _postgres_save_reply() -> Select[Any]:
     """PostgreSQL's one statement that stores a reply and closes the turn.
 
@@ -280,15 +274,6 @@ _POSTGRES_SAVE_REPLY = _postgres_save_reply()
 
 
 # Units of work: synchronous functions of a connection, run by storage.db.Database.
-
-
-def _save_reply_sqlite(
-    connection: Connection, row: dict[str, Any], closing: dict[str, Any]
-) -> int | None:
-    reply_id = connection.execute(_SQLITE_REPLY, row).scalar_one_or_none()
-    if reply_id is not None:
-        connection.execute(_CLOSE_TURN, closing)
-    return reply_id
 
 
 def _save_reply_postgres(
@@ -461,7 +446,13 @@ class SqlConversationStore:
             "before": message.id,
             "limit": max(1, limit // 2),
         }
-        return await self._db.run(_history, parameters)
+        if self._postgres:
+            return await self._db.run(_history, parameters)
+        pairs = await self._db.read(sqlite_hot.history, parameters)
+        turns: list[ChatTurn] = []
+        for question, answer in reversed(pairs):
+            turns += (ChatTurn(Role.USER, question), ChatTurn(Role.ASSISTANT, answer))
+        return turns
 
     async def save_reply(self, inbound: StoredMessage, reply: NewReply) -> Reply:
         """Store the reply and close the inbound message's turn with ``reply.status``.
@@ -491,7 +482,8 @@ class SqlConversationStore:
         if self._postgres:
             reply_id = await self._db.run(_save_reply_postgres, row, closing)
         else:
-            reply_id = await self._db.transaction(_save_reply_sqlite, row, closing)
+            # Shares a group commit with the messages and replies stored meanwhile.
+            reply_id = await self._db.batched(sqlite_hot.save_reply, row, closing)
         if reply_id is None:
             return await self._db.run(_existing_reply, inbound)
         return Reply(
@@ -510,7 +502,10 @@ class SqlConversationStore:
 
     async def mark_delivered(self, reply_id: int) -> None:
         """Record that the platform has the reply; the first delivery time is kept."""
-        await self._db.run(_execute, _MARK_DELIVERED, {"reply_id": reply_id, "now": utcnow()})
+        if self._postgres:
+            await self._db.run(_execute, _MARK_DELIVERED, {"reply_id": reply_id, "now": utcnow()})
+        else:
+            await self._db.batched(sqlite_hot.mark_delivered, reply_id, utcnow())
 
     async def mark_unreachable(self, user_id: int) -> None:
         """Record that the platform refuses messages to the user (until they write again)."""

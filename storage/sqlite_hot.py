@@ -1,7 +1,8 @@
 """The SQLite store's hot statements, run on the ``sqlite3`` driver itself.
 
 Every webhook reads its admission (an earlier delivery, the user's ban and limit) and
-stores its message. Through SQLAlchemy each of those statements cost several times what
+stores its message; every turn reads its history, stores its reply and marks it
+delivered. Through SQLAlchemy each of those statements cost several times what
 SQLite spends on it: parameter processing, compiled-cache lookups, result wrapping. Here
 they are plain SQL with named parameters on the connection's ``sqlite3`` object, whose
 own statement cache keeps them prepared. Values are written exactly as SQLAlchemy writes
@@ -89,6 +90,42 @@ ON CONFLICT (platform, event_id) DO UPDATE SET
 """
 
 
+# A turn already answered (a redelivered job) keeps its reply: nothing comes back.
+_REPLY = """
+INSERT INTO messages (
+  conversation_id, role, text, status, command, reply_to_id, route, model, prompt_tokens,
+  completion_tokens, latency_ms, created_at, updated_at
+) VALUES (
+  :conversation_id, :role, :text, :status, :command, :reply_to_id, :route, :model,
+  :prompt_tokens, :completion_tokens, :latency_ms, :created_at, :updated_at
+)
+ON CONFLICT (reply_to_id) DO NOTHING
+RETURNING id
+"""
+
+_CLOSE_TURN = "UPDATE messages SET status = :new_status, updated_at = :now WHERE id = :inbound_id"
+
+_MARK_DELIVERED = """
+UPDATE messages SET delivered_at = :now, updated_at = :now
+WHERE id = :reply_id AND delivered_at IS NULL
+"""
+
+# Newest first; the store turns them around. The index on (conversation_id, id) walks one
+# conversation backwards from the message.
+_HISTORY = """
+SELECT question.text, answer.text
+FROM messages AS question INDEXED BY ix_messages_conversation_id_id
+JOIN messages AS answer ON answer.reply_to_id = question.id
+WHERE question.conversation_id = :conversation_id
+  AND question.id < :before
+  AND question.id > (SELECT context_since FROM conversations WHERE id = :conversation_id)
+  AND question.role = 'user' AND question.status = 'answered' AND question.command IS NULL
+  AND answer.status = 'answered'
+ORDER BY question.id DESC
+LIMIT :limit
+"""
+
+
 def sqlite_time(value: datetime) -> str:
     """A timezone-aware time as SQLAlchemy's SQLite ``DATETIME`` stores it (naive UTC)."""
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
@@ -163,3 +200,35 @@ def store_inbound(
         event = {"platform": platform, "event_id": event_id, "message_id": message_id}
         driver.execute(_EVENT, {**event, "now": stamp})
     return Ids(message_id, conversation_id, user_id)
+
+
+def save_reply(connection: Connection, row: dict[str, Any], closing: dict[str, Any]) -> int | None:
+    """Store a reply and close its turn; ``None`` (and no change) if the turn has one."""
+    driver = _driver(connection)
+    if not driver.in_transaction:
+        driver.execute("BEGIN IMMEDIATE")
+    stamp = sqlite_time(closing["now"])
+    values = {
+        **row,
+        "route": sqlite_json(row["route"]),
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    found = driver.execute(_REPLY, values).fetchone()
+    if found is None:
+        return None
+    driver.execute(_CLOSE_TURN, {**closing, "now": stamp})
+    return int(found[0])
+
+
+def mark_delivered(connection: Connection, reply_id: int, now: datetime) -> None:
+    """Record the first delivery of a reply."""
+    driver = _driver(connection)
+    if not driver.in_transaction:
+        driver.execute("BEGIN IMMEDIATE")
+    driver.execute(_MARK_DELIVERED, {"reply_id": reply_id, "now": sqlite_time(now)})
+
+
+def history(connection: Connection, parameters: dict[str, Any]) -> list[tuple[str, str]]:
+    """Up to ``limit`` answered (question, answer) pairs before ``before``, newest first."""
+    return _driver(connection).execute(_HISTORY, parameters).fetchall()

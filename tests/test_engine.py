@@ -20,6 +20,7 @@ from bot.worker import Worker
 from storage.admin_queries import SqlAdminQueries
 from storage.db import open_database
 from storage.repository import SqlConversationStore
+from tests.cluster import eventually
 from tests.fake_openai import FakeOpenAI
 from tests.fakes import RecordingSender
 
@@ -236,8 +237,12 @@ async def test_undelivered_reply_is_redelivered_without_asking_the_model_again(r
     assert reply.text == "echo: deliver me"
     assert rig.sender.attempts == 3
     assert len(rig.fake.requests) == 1
-    stored = await rig.store.reply_for(accepted.message_id)
-    assert stored is not None and stored.delivered
+
+    async def recorded() -> bool:  # bookkeeping after the send, not before it
+        stored = await rig.store.reply_for(accepted.message_id)
+        return stored is not None and stored.delivered
+
+    await eventually(recorded, seconds=5)
 
 
 async def test_reply_undeliverable_after_every_attempt_is_delivered_on_recovery(rig: Rig) -> None:

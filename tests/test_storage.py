@@ -497,6 +497,45 @@ async def test_marked_delivery_is_remembered(store: SqlConversationStore) -> Non
     assert delivered.delivered is True
 
 
+async def test_reply_row_reads_back_as_written_on_either_database(
+    store: SqlConversationStore, database: Database
+) -> None:
+    # SQLite writes replies on the driver (storage.sqlite_hot): SQLAlchemy must read them.
+    stored = await receive(store, inbound("question"))
+    before = utcnow()
+    reply = await store.save_reply(
+        stored,
+        NewReply(
+            text="answer",
+            status=MessageStatus.ANSWERED,
+            model="gpt-test",
+            usage=Usage(prompt_tokens=7, completion_tokens=3),
+            latency_ms=12.25,
+        ),
+    )
+    await store.mark_delivered(reply.id)
+
+    def read(connection: Connection) -> Message:
+        return connection.execute(select(Message).where(Message.id == reply.id)).one()
+
+    row = await database.run(read)
+    assert (row.role, row.text, row.status, row.reply_to_id) == (
+        "assistant",
+        "answer",
+        "answered",
+        stored.id,
+    )
+    assert (row.model, row.prompt_tokens, row.completion_tokens, row.latency_ms) == (
+        "gpt-test",
+        7,
+        3,
+        12.25,
+    )
+    assert row.route == {} and row.command is None and row.user_id is None
+    assert before <= row.created_at <= row.delivered_at == row.updated_at <= utcnow()
+    assert row.created_at.tzinfo is not None
+
+
 async def test_unfinished_lists_open_and_undelivered_turns_oldest_first(
     store: SqlConversationStore,
 ) -> None:
