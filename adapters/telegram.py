@@ -51,9 +51,6 @@ logger = structlog.get_logger(__name__)
 PLATFORM = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 TYPING_EVERY_SECONDS = 4.0
-# "typing…" starts once the answer has taken this long: a quicker one needs no sign of life,
-# and the call would take from the bot's budget of about 30 a second, and the reply's time.
-TYPING_AFTER_SECONDS = 0.5
 EDIT_EVERY_SECONDS = 1.0  # Telegram allows about one message (or edit) a second per chat
 # A reply whose text is whole within this long of its first words needs no preview: it is
 # sent once, formatted, instead of a preview and an edit (and twice the wait).
@@ -210,7 +207,7 @@ class TelegramSender:
 
     @asynccontextmanager
     async def reply_stream(self, message: StoredMessage) -> AsyncIterator[ReplyStream]:
-        """Show "typing…" from ``TYPING_AFTER_SECONDS`` until the reply is delivered."""
+        """Show "typing…" until the reply is delivered (or the turn ends)."""
         chat_id = message.route.get("chat_id")
         typing = asyncio.create_task(self._keep_typing(chat_id, message.route.get("thread_id")))
         try:
@@ -221,7 +218,6 @@ class TelegramSender:
                 await typing
 
     async def _keep_typing(self, chat_id: Any, thread_id: Any) -> None:
-        await asyncio.sleep(TYPING_AFTER_SECONDS)
         while True:
             if not self.busy:
                 try:

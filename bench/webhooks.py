@@ -94,7 +94,7 @@ PATHS = {"telegram": TELEGRAM_PATH, "slack": SLACK_PATH, "generic": "/webhooks/g
 LIBRARIES = {"telegram": "python-telegram-bot", "slack": "slack-bolt"}
 # python-telegram-bot's AIORateLimiter, which Zapa's Telegram client uses, lets through at
 # most 30 Bot API requests a second that name a chat (Telegram's own flood limit), and a
-# reply in a private chat takes up to three: "typing…" and the streamed preview (when the
+# reply in a private chat takes up to three: "typing…", the streamed preview (when the
 # answer takes over half a second), the final message.
 TELEGRAM_REQUESTS_PER_SECOND = 30
 TELEGRAM_REQUESTS_PER_REPLY = 3
@@ -1201,8 +1201,8 @@ def main(argv: list[str] | None = None) -> int:
         f"come from a new user, Slack ones from {args.slack_users} users in turn",
         f"Zapa's Telegram replies go through python-telegram-bot's AIORateLimiter: at most "
         f"{TELEGRAM_REQUESTS_PER_SECOND} Bot API requests/s; a private-chat reply takes up to "
-        f"{TELEGRAM_REQUESTS_PER_REPLY} (typing and a preview if the answer takes over 0.5 s, "
-        f"the final message) while few calls wait, one under a backlog; the end-to-end phase "
+        f"{TELEGRAM_REQUESTS_PER_REPLY} (typing, a preview if the answer takes over 0.5 s, the "
+        f"final message) while few calls wait, one under a backlog; the end-to-end phase "
         f"offers {args.telegram_e2e_rate:g}/s, where the courtesies still fit",
     ]
     with contextlib.ExitStack() as stack:
