@@ -161,7 +161,11 @@ class WebhookAdapter:
             logger.warning("webhook_unavailable", error=str(exc))
             return error_response(503, "unavailable", str(exc), retry_after=5)
         if accepted.outcome is Outcome.DUPLICATE:
-            first = await self._engine.message(accepted.message_id)
+            try:
+                first = await self._engine.message(accepted.message_id)
+            except DependencyUnavailable as exc:
+                logger.warning("webhook_unavailable", error=str(exc))
+                return error_response(503, "unavailable", str(exc), retry_after=5)
             if first is not None and first.status is MessageStatus.RATE_LIMITED:
                 accepted = Acceptance(Outcome.RATE_LIMITED, first.id, retry_after=60)
             elif first is not None and first.status is MessageStatus.BANNED:
@@ -209,8 +213,8 @@ class WebhookAdapter:
 
     async def _wait(self, message_id: int, *, fresh: bool) -> web.Response:
         async with self._bus.listen(message_id) as events:
-            reply = None if fresh else await self._engine.result(message_id)
             try:
+                reply = None if fresh else await self._engine.result(message_id)
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:
                         reply = (await self._next(message_id, events)).reply
@@ -221,6 +225,13 @@ class WebhookAdapter:
                     "the reply is taking too long; it is still on its way",
                     retry_after=30,
                     message_id=message_id,
+                )
+            except DependencyUnavailable as exc:
+                # The message is stored and will be answered; the same delivery id asked
+                # again returns that answer.
+                logger.warning("webhook_reply_unavailable", error=str(exc))
+                return error_response(
+                    503, "unavailable", str(exc), retry_after=5, message_id=message_id
                 )
         return _result_response(reply)
 
@@ -236,8 +247,8 @@ class WebhookAdapter:
         )
         async with self._bus.listen(message_id) as events:
             await response.prepare(request)
-            reply = None if fresh else await self._engine.result(message_id)
             try:
+                reply = None if fresh else await self._engine.result(message_id)
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:
                         event = await self._next(message_id, events)
@@ -246,6 +257,11 @@ class WebhookAdapter:
                         reply = event.reply
             except TimeoutError:
                 await response.write(_sse("error", {"error": "timeout", "message_id": message_id}))
+                return response
+            except DependencyUnavailable as exc:
+                logger.warning("webhook_reply_unavailable", error=str(exc))
+                failure = {"error": "unavailable", "detail": str(exc), "message_id": message_id}
+                await response.write(_sse("error", failure))
                 return response
         name = "done" if reply.status is MessageStatus.ANSWERED else "error"
         await response.write(_sse(name, _result_body(reply)))

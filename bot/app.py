@@ -24,6 +24,7 @@ from bot.admin import api as admin_api
 from bot.admin.auth import AdminAuth
 from bot.admin.lockout import RedisLockout
 from bot.admin.ui import add_ui_routes
+from bot.errors import DependencyUnavailable
 from bot.health import admin_health, readiness
 from bot.http import REQUEST_ID, error_response, json_response
 from bot.ratelimit import LimitsRateLimiter
@@ -86,6 +87,10 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
         return response
+    except DependencyUnavailable as exc:
+        # The database or Redis is down or saturated: every route says so the same way.
+        logger.warning("request_unavailable", path=request.path, error=str(exc))
+        return error_response(503, "unavailable", str(exc), retry_after=5)
     except Exception:
         logger.exception("unhandled_error", path=request.path)
         return error_response(

@@ -64,6 +64,9 @@ _UNAVAILABLE = (
 # SQLSTATE classes of a server that cannot take work now: connection exceptions (08),
 # insufficient resources such as too many connections (53), operator intervention (57).
 _UNAVAILABLE_STATES = frozenset({"08", "53", "57"})
+# And one code of its own: the database is not accepting connections (``ALLOW_CONNECTIONS
+# false``, as while it is being restored or moved).
+_UNAVAILABLE_CODES = frozenset({"55000"})
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -522,7 +525,9 @@ def _refused(error: BaseException) -> bool:
     """Whether the server refused for now: too many connections, shutting down, starting."""
     for candidate in (error, error.__cause__):
         state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(state, str) and state[:2] in _UNAVAILABLE_STATES:
+        if isinstance(state, str) and (
+            state[:2] in _UNAVAILABLE_STATES or state in _UNAVAILABLE_CODES
+        ):
             return True
     return False
 

@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 import pytest
+from sqlalchemy.engine import make_url
 
 from storage.db import open_database
 from storage.repository import SqlConversationStore
@@ -97,6 +99,60 @@ async def test_database_down_means_503_not_accepted_and_ready_says_which(redis_u
     assert ready.status == 503
     assert body["checks"]["database"]["status"] == "unavailable"
     assert body["checks"]["redis"]["status"] == "ok"
+
+
+async def _cut_off(postgres_url: str, *, allow: bool) -> None:
+    """Refuse (or allow again) new connections to the test database, dropping the open ones."""
+    url = make_url(postgres_url).set(drivername="postgresql")
+    # From another database: a database cannot close its doors to the session altering it.
+    admin = await asyncpg.connect(url.set(database="postgres").render_as_string(False))
+    try:
+        await admin.execute(f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS {allow}')
+        if not allow:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                url.database,
+            )
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "event-stream"])
+async def test_database_lost_while_a_caller_waits_is_a_503_naming_the_stored_message(
+    postgres_url: str, redis_url: str, fake: FakeOpenAI, stream: bool
+) -> None:
+    fake.stall(30, times=None)  # the reply is not coming while the database is away
+    config = settings(
+        database_url=postgres_url,
+        redis_url=redis_url,
+        openai_base_url=fake.base_url,
+        shutdown_grace_seconds=0.2,
+    )
+    headers = {**bearer(), **({"Accept": "text/event-stream"} if stream else {})}
+    try:
+        async with running(config) as client:
+            waiting = asyncio.ensure_future(
+                client.post("/webhooks/generic", json=message("still there?"), headers=headers)
+            )
+            await fake.wait_for_requests(1)  # stored, queued, and the model asked
+            await _cut_off(postgres_url, allow=False)
+            # The caller's wait asks the store every few seconds, in case a reply's event
+            # was missed: now it cannot.
+            response = await asyncio.wait_for(waiting, 20)
+            text = await response.text()
+    finally:
+        await _cut_off(postgres_url, allow=True)
+    if stream:
+        assert response.status == 200  # the stream had begun
+        event, data = text.strip().split("\n")[-2:]
+        assert event == "event: error"
+        body = orjson.loads(data.removeprefix("data: "))
+    else:
+        assert response.status == 503
+        assert "Retry-After" in response.headers
+        body = orjson.loads(text)
+    assert body["error"] == "unavailable"
+    assert isinstance(body["message_id"], int)
 
 
 async def test_redis_down_means_503(sqlite_url: str) -> None:
