@@ -30,7 +30,11 @@ from config import Settings
 logger = structlog.get_logger(__name__)
 
 PLATFORM = "webhook"
+# A waiting caller asks the store after this long without news, then twice as long each time
+# up to the cap: a lost reply event is found within seconds, and under a backlog a thousand
+# waiting callers do not keep the database busy asking.
 STORE_POLL_SECONDS = 2.0
+STORE_POLL_MAX_SECONDS = 30.0
 
 
 class GenericRequest(BaseModel):
@@ -212,12 +216,13 @@ class WebhookAdapter:
         raise _Refused
 
     async def _wait(self, message_id: int, *, fresh: bool) -> web.Response:
+        poll = _Poll()
         async with self._bus.listen(message_id) as events:
             try:
                 reply = None if fresh else await self._engine.result(message_id)
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:
-                        reply = (await self._next(message_id, events)).reply
+                        reply = (await self._next(message_id, events, poll)).reply
             except TimeoutError:
                 return error_response(
                     503,
@@ -245,13 +250,14 @@ class WebhookAdapter:
                 "X-Accel-Buffering": "no",
             }
         )
+        poll = _Poll()
         async with self._bus.listen(message_id) as events:
             await response.prepare(request)
             try:
                 reply = None if fresh else await self._engine.result(message_id)
                 async with asyncio.timeout(self._wait_seconds):
                     while reply is None:
-                        event = await self._next(message_id, events)
+                        event = await self._next(message_id, events, poll)
                         if event.delta is not None:
                             await response.write(_sse("delta", {"text": event.delta}))
                         reply = event.reply
@@ -268,25 +274,40 @@ class WebhookAdapter:
         await response.write_eof()
         return response
 
-    async def _next(self, message_id: int, events: asyncio.Queue[ReplyEvent]) -> ReplyEvent:
+    async def _next(
+        self, message_id: int, events: asyncio.Queue[ReplyEvent], poll: _Poll
+    ) -> ReplyEvent:
         """The next event; a ``done`` one carries the reply, read from the store if need be.
 
         When replies come from other processes an event can be lost (Redis reconnecting),
-        so the store is also asked every ``STORE_POLL_SECONDS`` without news.
+        so the store is also asked after ``poll.seconds`` without news.
         """
         while True:
             try:
                 if self._bus.local:
                     event = await events.get()
                 else:
-                    event = await asyncio.wait_for(events.get(), STORE_POLL_SECONDS)
+                    event = await asyncio.wait_for(events.get(), poll.seconds)
             except TimeoutError:
+                poll.back_off()
                 event = ReplyEvent(message_id, done=True)
             if not event.done or event.reply is not None:
                 return event
             reply = await self._engine.result(message_id)
             if reply is not None:
                 return ReplyEvent(message_id, done=True, reply=reply)
+
+
+class _Poll:
+    """How long a waiting caller goes without news before asking the store (again)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = STORE_POLL_SECONDS
+
+    def back_off(self) -> None:
+        self.seconds = min(self.seconds * 2, STORE_POLL_MAX_SECONDS)
 
 
 def _sse(event: str, data: Any) -> bytes:

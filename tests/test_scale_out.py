@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from tests.cluster import Cluster, conversation_of, eventually
 from tests.fake_openai import FakeOpenAI
@@ -147,6 +148,40 @@ async def test_synchronous_and_streaming_requests_are_answered_by_a_worker_elsew
     assert sum(block.startswith("event: delta") for block in events) >= 2
     assert events[-1].startswith("event: done")
     assert '"reply":"echo: stream to me"' in events[-1]
+
+
+async def test_a_waiting_caller_gets_its_reply_even_when_the_reply_event_is_lost(
+    cluster: Cluster, fake: FakeOpenAI, redis_url: str
+) -> None:
+    fake.latency = 1.0
+    web = await cluster.web()
+    await cluster.worker(concurrency=2)
+    redis = aioredis.Redis.from_url(redis_url)
+
+    async def cut_reply_events() -> None:
+        # The web process's subscription to reply events drops again and again, as on a
+        # flaky network to Redis, while the worker publishes the reply.
+        for _ in range(125):
+            await redis.client_kill_filter(_type="pubsub")
+            await asyncio.sleep(0.02)
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            waiting = asyncio.ensure_future(
+                session.post(f"{web}/webhooks/generic", json=message("find me"), headers=bearer())
+            )
+            await fake.wait_for_requests(1)
+            await cut_reply_events()
+            async with asyncio.timeout(15):  # the wait itself would go on for minutes
+                response = await waiting
+                body = await response.json()
+    finally:
+        await redis.aclose()
+    # The event never reached the web process; the reply was read from the store.
+    [web_process] = [p for p in cluster.processes if p.name == "web"]
+    assert "reply_bus_disconnected" in web_process.output()
+    assert response.status == 200
+    assert body["reply"] == "echo: find me"
 
 
 async def test_worker_killed_mid_reply_leaves_the_job_to_another_that_answers_once(
