@@ -474,7 +474,7 @@ class SlackAdapter:
                 raw, headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature")
             )
             body = orjson.loads(raw) if signed else None
-        except ValueError:  # a timestamp that is not a number, a body that is not JSON
+        except ValueError:  # a body that is not JSON (handle() refused a non-numeric timestamp)
             return None
         if not isinstance(body, dict) or body.get("type") != "event_callback":
             return None

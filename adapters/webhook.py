@@ -165,11 +165,8 @@ class WebhookAdapter:
             logger.warning("webhook_unavailable", error=str(exc))
             return error_response(503, "unavailable", str(exc), retry_after=5)
         if accepted.outcome is Outcome.DUPLICATE:
-            try:
-                first = await self._engine.message(accepted.message_id)
-            except DependencyUnavailable as exc:
-                logger.warning("webhook_unavailable", error=str(exc))
-                return error_response(503, "unavailable", str(exc), retry_after=5)
+            # An outage here is the web layer's 503 (bot.app), as anywhere.
+            first = await self._engine.message(accepted.message_id)
             if first is not None and first.status is MessageStatus.RATE_LIMITED:
                 accepted = Acceptance(Outcome.RATE_LIMITED, first.id, retry_after=60)
             elif first is not None and first.status is MessageStatus.BANNED:

@@ -476,9 +476,9 @@ def _chunk_text(chunk: object) -> str:
     Raises:
         ValueError: the chunk is not a chat-completion chunk.
     """
-    if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+    choices = chunk.get("choices", []) if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
         raise ValueError("a streamed chunk is not a chat.completion.chunk object")
-    choices = chunk.get("choices")
     if not choices:
         return ""
     delta = choices[0].get("delta") if isinstance(choices[0], dict) else None

@@ -52,15 +52,8 @@ class MemoryQueue:
         if job.message is not None and len(self._queued) >= self._cached_messages:
             job = dataclasses.replace(job, message=None)
         self._queued.add(job.message_id)
-        lane = self._lanes.get(job.conversation_id)
-        if lane is None:
-            self._lanes[job.conversation_id] = job
-            if job.conversation_id not in self._busy:
-                self._ready.put_nowait(job.conversation_id)
-        elif isinstance(lane, deque):
-            lane.append(job)
-        else:
-            self._lanes[job.conversation_id] = deque((lane, job))
+        if self._add(job) and job.conversation_id not in self._busy:
+            self._ready.put_nowait(job.conversation_id)
         return True
 
     async def get(self) -> Job:
@@ -89,13 +82,7 @@ class MemoryQueue:
     async def retry(self, job: Job, delay: float) -> None:
         """Put the job back at the head of its lane, runnable again after ``delay`` seconds."""
         again = dataclasses.replace(job, attempt=job.attempt + 1)
-        lane = self._lanes.get(job.conversation_id)
-        if lane is None:
-            self._lanes[job.conversation_id] = again
-        elif isinstance(lane, deque):
-            lane.appendleft(again)
-        else:
-            self._lanes[job.conversation_id] = deque((again, lane))
+        self._add(again, first=True)
         loop = asyncio.get_running_loop()
         handle: asyncio.TimerHandle
 
@@ -116,6 +103,20 @@ class MemoryQueue:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
+
+    def _add(self, job: Job, *, first: bool = False) -> bool:
+        """Put ``job`` at the end (or the head) of its lane; whether the lane was empty."""
+        lane = self._lanes.get(job.conversation_id)
+        if lane is None:
+            self._lanes[job.conversation_id] = job
+            return True
+        if not isinstance(lane, deque):
+            lane = self._lanes[job.conversation_id] = deque((lane,))
+        if first:
+            lane.appendleft(job)
+        else:
+            lane.append(job)
+        return False
 
     def _release(self, conversation_id: int) -> None:
         self._busy.discard(conversation_id)

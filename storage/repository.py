@@ -11,9 +11,10 @@ together, :mod:`storage.pg_batch`) and storing a reply (the reply, and the turn'
 status) are each one statement of data-modifying CTEs, atomic on their own.
 
 SQLite has no such CTEs, but runs its statements in-process for a few microseconds each,
-so there those two are short transactions of several statements; the webhook path's two
-(admission and storing a message) run on the driver itself (:mod:`storage.sqlite_hot`),
-and messages arriving together share one commit.
+so there those two are short transactions of several statements. Those of every message
+and turn (admission, storing a message, history, storing a reply, marking it delivered)
+run on the driver itself (:mod:`storage.sqlite_hot`), and the writes that arrive together
+share one commit.
 
 Connection failures become :class:`bot.errors.DependencyUnavailable`, so the web layer
 answers 503 and the platform retries later.
@@ -53,7 +54,7 @@ from bot.messages import (
 )
 from bot.ports import Admission, NewReply
 from storage import sqlite_hot
-from storage.db import Database, EventTaken
+from storage.db import Database, EventTaken, fetch_all
 from storage.models import (
     RECEIVED_PREDICATE,
     UNDELIVERED_PREDICATE,
@@ -252,7 +253,6 @@ _RESET_CONTEXT = (
 )
 
 
-# SQLite stores a message with storage.sqlite_hot; a reply with these, in one transaction.
 def _postgres_save_reply() -> Select[Any]:
     """PostgreSQL's one statement that stores a reply and closes the turn.
 
@@ -294,14 +294,6 @@ def _claim_ban_notice(connection: Connection, parameters: dict[str, Any]) -> boo
 def _get_message(connection: Connection, message_id: int) -> StoredMessage | None:
     row = connection.execute(_GET_MESSAGE, {"message_id": message_id}).one_or_none()
     return None if row is None else _stored(row)
-
-
-def _history(connection: Connection, parameters: dict[str, Any]) -> list[ChatTurn]:
-    rows = connection.execute(_HISTORY, parameters).all()
-    turns: list[ChatTurn] = []
-    for row in reversed(rows):
-        turns += (ChatTurn(Role.USER, row.question), ChatTurn(Role.ASSISTANT, row.answer))
-    return turns
 
 
 def _existing_reply(connection: Connection, inbound: StoredMessage) -> Reply:
@@ -447,10 +439,11 @@ class SqlConversationStore:
             "limit": max(1, limit // 2),
         }
         if self._postgres:
-            return await self._db.run(_history, parameters)
-        pairs = await self._db.read(sqlite_hot.history, parameters)
+            pairs = await self._db.run(fetch_all, _HISTORY, parameters)
+        else:
+            pairs = await self._db.read(sqlite_hot.history, parameters)
         turns: list[ChatTurn] = []
-        for question, answer in reversed(pairs):
+        for question, answer in reversed(pairs):  # newest first from either database
             turns += (ChatTurn(Role.USER, question), ChatTurn(Role.ASSISTANT, answer))
         return turns
 

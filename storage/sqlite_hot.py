@@ -142,6 +142,14 @@ def _driver(connection: Connection) -> sqlite3.Connection:
     return driver
 
 
+def _writing(connection: Connection) -> sqlite3.Connection:
+    """The driver, in a transaction that holds SQLite's write lock."""
+    driver = _driver(connection)
+    if not driver.in_transaction:
+        driver.execute("BEGIN IMMEDIATE")
+    return driver
+
+
 def admission(connection: Connection, parameters: dict[str, Any]) -> AdmissionRow:
     """Read the admission of a message (see ``SqlConversationStore.admission``)."""
     row = _driver(connection).execute(_ADMISSION, parameters).fetchone()
@@ -162,9 +170,7 @@ def store_inbound(
     Raises:
         EventTaken: the event id was stored after ``cutoff``; nothing was written.
     """
-    driver = _driver(connection)
-    if not driver.in_transaction:
-        driver.execute("BEGIN IMMEDIATE")
+    driver = _writing(connection)
     stamp = sqlite_time(now)
     platform, event_id = fields["platform"], fields["event_id"]
     if event_id is not None:
@@ -204,9 +210,7 @@ def store_inbound(
 
 def save_reply(connection: Connection, row: dict[str, Any], closing: dict[str, Any]) -> int | None:
     """Store a reply and close its turn; ``None`` (and no change) if the turn has one."""
-    driver = _driver(connection)
-    if not driver.in_transaction:
-        driver.execute("BEGIN IMMEDIATE")
+    driver = _writing(connection)
     stamp = sqlite_time(closing["now"])
     values = {
         **row,
@@ -223,10 +227,7 @@ def save_reply(connection: Connection, row: dict[str, Any], closing: dict[str, A
 
 def mark_delivered(connection: Connection, reply_id: int, now: datetime) -> None:
     """Record the first delivery of a reply."""
-    driver = _driver(connection)
-    if not driver.in_transaction:
-        driver.execute("BEGIN IMMEDIATE")
-    driver.execute(_MARK_DELIVERED, {"reply_id": reply_id, "now": sqlite_time(now)})
+    _writing(connection).execute(_MARK_DELIVERED, {"reply_id": reply_id, "now": sqlite_time(now)})
 
 
 def history(connection: Connection, parameters: dict[str, Any]) -> list[tuple[str, str]]:
